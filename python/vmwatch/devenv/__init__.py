@@ -35,8 +35,10 @@ __all__ = [
     'VcsimServer',
     'build_all',
     'cache_dir',
+    'down',
     'ensure_binary',
     'free_port',
+    'up',
 ]
 
 log = logging.getLogger(__name__)
@@ -90,13 +92,24 @@ def ensure_binary(name: str) -> Path:
         shutil.copytree(_GO_SOURCES / folder, src)
         partial = target.with_name(target.name + '.partial')
         env = {**os.environ, 'CGO_ENABLED': '0', 'GOFLAGS': '-mod=mod -trimpath'}
-        cmd = [go, 'build', '-o', str(partial), package]
+        cmd = [go, 'build', '-o', str(partial), *_ldflags(name, version), package]
         proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise DevenvError(f'building {name} {version} failed ({" ".join(cmd)}):\n{proc.stderr[-4000:]}')
         partial.replace(target)
     log.info('built %s in %.0f s', target, time.monotonic() - started)
     return target
+
+
+def _ldflags(name: str, version: str) -> list[str]:
+    if name != 'kube-apiserver':
+        return []
+    # what Kubernetes' own build stamps, so /version reports the pinned release
+    major, minor = version.lstrip('v').split('.')[:2]
+    pkg = 'k8s.io/component-base/version'
+    flags = [f'-X {pkg}.gitVersion={version}', f'-X {pkg}.gitMajor={major}', f'-X {pkg}.gitMinor={minor}',
+             f'-X {pkg}.gitTreeState=clean']
+    return ['-ldflags', ' '.join(flags)]
 
 
 def build_all(names: Sequence[str] = ('vcsim', 'etcd', 'kube-apiserver')) -> dict[str, float]:
@@ -369,5 +382,72 @@ class KubeServer:
         _stop(self._apiserver)
         self._start_apiserver(ensure_binary('kube-apiserver'), detach=False, timeout_s=120.0)
 
+    def pids(self) -> list[int]:
+        return [p.pid for p in (self._apiserver, self._etcd) if p is not None]
+
     def describe(self) -> dict[str, str]:
         return {'kubeconfig': str(self.kubeconfig), 'kube_url': self.url}
+
+
+def default_state_dir() -> Path:
+    return cache_dir() / 'devenv'
+
+
+def up(*, state_dir: Path | None = None, vcsim_args: Sequence[str] = (), kube: bool = True) -> dict[str, Any]:
+    """Start detached servers for people (`vmwatch devenv up`); `down` stops them.
+
+    The CLI installs the CRDs afterwards (only vmwatch.kube talks to Kubernetes).
+    """
+    state_dir = state_dir or default_state_dir()
+    if (state_dir / 'state.json').exists():
+        down(state_dir=state_dir)
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True)
+    vc = VcsimServer(state_dir=state_dir / 'vcsim', args=tuple(vcsim_args))
+    pids: list[int] = []
+    try:
+        vc.start(detach=True)
+        pids.append(vc.pid)
+        info: dict[str, Any] = {**vc.describe(), 'kubeconfig': None, 'state_dir': str(state_dir)}
+        if kube:
+            k = KubeServer(state_dir=state_dir / 'kube')
+            k.start(detach=True)
+            pids.extend(k.pids())
+            info.update(k.describe())
+    except BaseException:
+        _kill(pids)
+        raise
+    (state_dir / 'state.json').write_text(json.dumps({**info, 'pids': pids}, indent=2))
+    return info
+
+
+def _kill(pids: Sequence[int], timeout_s: float = 10.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + timeout_s
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def down(*, state_dir: Path | None = None) -> bool:
+    """Stop what `up` started; False when nothing was running."""
+    state_file = (state_dir or default_state_dir()) / 'state.json'
+    if not state_file.exists():
+        return False
+    _kill(json.loads(state_file.read_text()).get('pids', []))
+    state_file.unlink()
+    return True

@@ -11,7 +11,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-__all__ = ['CRD_DIR', 'crd_manifests', 'install_crds']
+__all__ = ['CRD_DIR', 'crd_manifests', 'install_crds', 'install_crds_from_kubeconfig']
 
 CRD_DIR = Path(__file__).with_name('crds')
 
@@ -45,3 +45,10 @@ def install_crds(api: client.ApiClient, *, timeout_s: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f'CRD {name} not established after {timeout_s} s')
             time.sleep(0.1)
+
+
+def install_crds_from_kubeconfig(kubeconfig: Path) -> None:
+    from kubernetes import config
+
+    with config.new_client_from_config(config_file=str(kubeconfig)) as api:
+        install_crds(api)

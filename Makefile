@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: Apache-2.0
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml Cargo.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip 'maturin>=1.16,<2'
+	$(BIN)/pip install -q -e '.[test,lint]'
+	touch $(STAMP)
+
+.PHONY: install
+install: $(STAMP) ## Create .venv with vmwatch (editable) and the test and lint tools
+
+.PHONY: build-dev
+build-dev: $(STAMP) ## Build the Rust extension into .venv (debug)
+	$(BIN)/maturin develop -q
+
+.PHONY: build-prod
+build-prod: $(STAMP) ## Build the Rust extension into .venv (release: fat LTO, one codegen unit)
+	$(BIN)/maturin develop -q --release
+
+.PHONY: servers
+servers: $(STAMP) ## Build (once) the pinned test servers: vcsim, etcd, kube-apiserver
+	$(BIN)/vmwatch devenv build
+
+.PHONY: format
+format: $(STAMP) ## Format Python and Rust
+	$(BIN)/ruff check --fix python tests benches
+	$(BIN)/ruff format python tests benches
+	cargo fmt
+
+.PHONY: lint-python
+lint-python: $(STAMP) ## ruff
+	$(BIN)/ruff check python tests benches
+	$(BIN)/ruff format --check python tests benches
+
+.PHONY: lint-rust
+lint-rust: ## cargo fmt --check and clippy
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+.PHONY: mypy
+mypy: $(STAMP) ## mypy --strict on python/
+	$(BIN)/mypy python/vmwatch
+
+.PHONY: lint
+lint: lint-python lint-rust mypy ## All linters
+
+.PHONY: test-rust
+test-rust: ## cargo test
+	cargo test -q
+
+.PHONY: test-python
+test-python: build-prod ## pytest, with the real servers (vcsim, kube-apiserver, etcd)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: test
+test: lint test-rust test-python ## The whole suite: linters, cargo test, pytest with the real servers
+
+.PHONY: demo
+demo: build-prod servers ## Build everything and run the demo on a local vcsim + kube-apiserver
+	$(BIN)/vmwatch demo
+
+.PHONY: all
+all: lint test ## Lint and test

@@ -1,0 +1,91 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The `vmwatch` command: decode, watch, run, demo, devenv.
+
+Subcommands import their modules lazily so `vmwatch --help` stays fast and a missing optional
+piece breaks only its own command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ['main']
+
+# subcommand -> module providing add_parser(subparsers) and run(args) -> int
+_COMMANDS = {
+    'decode': 'vmwatch.decode',
+    'watch': 'vmwatch.watch_cmd',
+    'run': 'vmwatch.service',
+    'demo': 'vmwatch.demo',
+}
+
+
+def _add_devenv(sub: Any) -> None:
+    p = sub.add_parser('devenv', help='build, start and stop the local test servers (vcsim, kube-apiserver, etcd)')
+    p.set_defaults(func=_run_devenv)
+    dsub = p.add_subparsers(dest='devenv_cmd', required=True)
+    up = dsub.add_parser('up', help='start vcsim (and kube-apiserver + etcd), print one JSON object, return')
+    up.add_argument('--vcsim-args', default='', help='extra vcsim flags, e.g. "-cluster 2 -vm 10"')
+    up.add_argument('--no-kube', action='store_true', help='start vcsim only')
+    up.add_argument('--state-dir', type=Path, default=None, help='where state and logs go (default: cache dir)')
+    down = dsub.add_parser('down', help='stop what `up` started')
+    down.add_argument('--state-dir', type=Path, default=None)
+    dsub.add_parser('build', help='build the pinned servers once (cached under ~/.cache/vmwatch); print seconds')
+
+
+def _run_devenv(args: argparse.Namespace) -> int:
+    from vmwatch import devenv
+
+    if args.devenv_cmd == 'build':
+        print(json.dumps(devenv.build_all()))
+        return 0
+    if args.devenv_cmd == 'down':
+        stopped = devenv.down(state_dir=args.state_dir)
+        print(json.dumps({'stopped': stopped}))
+        return 0
+    info = devenv.up(state_dir=args.state_dir, vcsim_args=args.vcsim_args.split(), kube=not args.no_kube)
+    if info.get('kubeconfig'):
+        from vmwatch.kube.crds import install_crds_from_kubeconfig
+
+        install_crds_from_kubeconfig(Path(info['kubeconfig']))
+    print(json.dumps(info))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='vmwatch', description='vSphere changes in, Kubernetes reconcile requests out, fast and without noise.'
+    )
+    parser.add_argument('--log-level', default='INFO', help='DEBUG, INFO, WARNING or ERROR (default: INFO)')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    for name, module_name in _COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            if e.name != module_name:
+                raise
+            continue  # not built yet in this tree
+        module.add_parser(sub)
+    _add_devenv(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())
