@@ -7,9 +7,12 @@ against a cluster where that operator's CRDs are installed.
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 __all__ = [
     'DEFAULT_IGNORED_EXTRA_CONFIG_KEYS',
@@ -18,9 +21,12 @@ __all__ = [
     'LEGACY_FINALIZER',
     'NAMESPACED_NAME_KEY',
     'FilterSettings',
+    'ServiceSettings',
     'SettingsError',
     'WatchSettings',
+    'add_service_arguments',
     'async_signal_disabled',
+    'load_service_settings',
     'parse_bool',
 ]
 
@@ -183,3 +189,133 @@ class FilterSettings:
 
     def all_ignored_keys(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*self.ignored_extra_config_keys, *self.additional_ignored_keys)))
+
+
+def _opt(default: Any, help: str, *, unit: str = '', choices: Sequence[str] = ()) -> Any:  # noqa: A002
+    return field(default=default, metadata={'help': help, 'unit': unit, 'choices': tuple(choices)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSettings:
+    """Every setting of `vmwatch run`. Each is a flag (--vc-url) and an environment variable (VMWATCH_VC_URL).
+
+    Precedence: flag, then environment variable, then the default. Read once at start.
+    """
+
+    vc_url: str = _opt('', 'vCenter SDK URL, e.g. https://vcenter.example.com/sdk (required)')
+    vc_user: str = _opt('', 'vCenter user name (or --vc-user-file)')
+    vc_user_file: Path | None = _opt(None, 'file holding the vCenter user name; re-read on every login')
+    vc_password_file: Path | None = _opt(None, 'file holding the vCenter password; re-read on every login (required)')
+    vc_ca_file: Path | None = _opt(None, "PEM file of the CA that signed vCenter's certificate")
+    vc_thumbprint: str = _opt('', "SHA-256 thumbprint of vCenter's certificate (AA:BB:...), instead of a CA file")
+    vc_insecure: bool = _opt(False, 'skip TLS verification of vCenter (logged as a warning; never in production)')
+    kubeconfig: Path | None = _opt(None, 'kubeconfig file; empty: $KUBECONFIG, else the in-cluster config')
+    sink: str = _opt('stdout', 'where reconcile requests go', choices=('stdout', 'annotate', 'queue'))
+    annotation: str = _opt('vmwatch.dev/async-signal', 'annotation the annotate sink patches on the VirtualMachine')
+    workers: int = _opt(4, 'concurrent sink workers', unit='workers')
+    health_addr: str = _opt(':8081', 'listen address of /healthz, /readyz and /metrics (host:port)')
+    leader_elect: bool = _opt(True, 'only the holder of the Lease watches')
+    lease_name: str = _opt('vmwatch', 'name of the coordination.k8s.io Lease')
+    lease_namespace: str = _opt('', "namespace of the Lease; empty: the pod's namespace, else 'default'")
+    lease_duration_s: float = _opt(15.0, 'how long a Lease is valid without renewal', unit='s')
+    renew_deadline_s: float = _opt(10.0, 'the leader gives up leading when it could not renew for this long', unit='s')
+    retry_period_s: float = _opt(2.0, 'interval between Lease acquire/renew attempts', unit='s')
+    max_wait_s: int = _opt(300, 'WaitForUpdatesEx MaxWaitSeconds', unit='s')
+    max_object_updates: int = _opt(100, 'WaitForUpdatesEx MaxObjectUpdates per page', unit='objects')
+    additional_ignored_keys: tuple[str, ...] = _opt((), 'extraConfig keys to ignore on top of the defaults (comma-separated)')
+    cache_max_entries: int = _opt(25000, 'fingerprint cache size', unit='VMs')
+    cache_ttl_s: float = _opt(86400.0, 'fingerprint cache entry lifetime', unit='s')
+    signal_on_leave: bool = _opt(False, 'signal VMs with a Kubernetes object when they leave scope')
+    restart_initial_s: float = _opt(1.0, 'first delay before restarting a failed watcher', unit='s')
+    restart_max_s: float = _opt(300.0, 'cap of the exponential restart delay (jittered)', unit='s')
+    restart_reset_s: float = _opt(120.0, 'a watcher healthy this long resets the restart delay', unit='s')
+    log_format: str = _opt('text', 'log line format', choices=('text', 'json'))
+    log_level: str = _opt('INFO', 'log level', choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'))
+
+    def validate(self) -> ServiceSettings:
+        """Raise SettingsError with one clear message when a value cannot work."""
+        if not self.vc_url:
+            raise SettingsError('--vc-url / VMWATCH_VC_URL is required')
+        if not self.vc_url.startswith(('https://', 'http://')):
+            raise SettingsError(f'--vc-url {self.vc_url!r} is not an http(s) URL')
+        if not (self.vc_user or self.vc_user_file):
+            raise SettingsError('--vc-user or --vc-user-file is required')
+        if self.vc_password_file is None:
+            raise SettingsError('--vc-password-file / VMWATCH_VC_PASSWORD_FILE is required')
+        for name in ('workers', 'max_wait_s', 'max_object_updates', 'cache_max_entries'):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f'--{name.replace("_", "-")} must be positive, not {getattr(self, name)}')
+        if self.renew_deadline_s >= self.lease_duration_s:
+            raise SettingsError('--renew-deadline-s must be shorter than --lease-duration-s')
+        if self.retry_period_s >= self.renew_deadline_s:
+            raise SettingsError('--retry-period-s must be shorter than --renew-deadline-s')
+        if ':' not in self.health_addr:
+            raise SettingsError(f'--health-addr {self.health_addr!r} is not host:port')
+        return self
+
+    def filter_settings(self) -> FilterSettings:
+        return FilterSettings(
+            additional_ignored_keys=self.additional_ignored_keys,
+            cache_max_entries=self.cache_max_entries,
+            cache_ttl_s=self.cache_ttl_s,
+            signal_on_leave=self.signal_on_leave,
+        )
+
+    def watch_settings(self) -> WatchSettings:
+        return WatchSettings(max_wait_s=self.max_wait_s, max_object_updates=self.max_object_updates)
+
+
+def _env_name(name: str) -> str:
+    return 'VMWATCH_' + name.upper()
+
+
+def _convert(name: str, raw: str, annotation: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == 'bool':
+            return parse_bool(_env_name(name), raw)
+        if kind == 'int':
+            return int(raw)
+        if kind == 'float':
+            return float(raw)
+        if kind.startswith('Path'):
+            return Path(raw) if raw else None
+        if kind.startswith('tuple'):
+            return tuple(k.strip() for k in raw.split(',') if k.strip())
+    except ValueError:
+        raise SettingsError(f'{_env_name(name)} / --{name.replace("_", "-")}: {raw!r} is not a valid {kind}') from None
+    return raw
+
+
+def add_service_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServiceSettings field, with its unit, default and environment variable in --help."""
+    for f in fields(ServiceSettings):
+        meta = f.metadata
+        default = f.default if f.default is not MISSING else None
+        unit = f' [{meta["unit"]}]' if meta['unit'] else ''
+        shown = ','.join(default) if isinstance(default, tuple) else ('' if default is None else default)
+        help_text = f'{meta["help"]}{unit} (default: {shown!s}; env {_env_name(f.name)})'
+        kwargs: dict[str, Any] = {'dest': f.name, 'default': None, 'help': help_text}
+        if meta['choices']:
+            kwargs['choices'] = meta['choices']
+        if str(f.type) == 'bool':
+            kwargs.update(nargs='?', const='true')  # `--vc-insecure` alone, or `--leader-elect=false`
+        parser.add_argument('--' + f.name.replace('_', '-'), metavar=f.name.split('_')[-1].upper(), **kwargs)
+
+
+def load_service_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+    """Flags over VMWATCH_* environment variables over defaults; SettingsError on a bad value."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(ServiceSettings):
+        raw = getattr(args, f.name, None)
+        if raw is None:
+            raw = env.get(_env_name(f.name))
+        if raw is None:
+            continue
+        value = _convert(f.name, str(raw), f.type)
+        choices = f.metadata['choices']
+        if choices and value not in choices:
+            raise SettingsError(f'{_env_name(f.name)} / --{f.name.replace("_", "-")}: {value!r} is not one of {choices}')
+        values[f.name] = value
+    return ServiceSettings(**values)

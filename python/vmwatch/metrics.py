@@ -1,0 +1,134 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Prometheus metrics and the health endpoints (/healthz, /readyz, /metrics) of the service.
+
+Names follow client-go's workqueue metrics and controller-runtime's leader-election gauge where they
+overlap; vmwatch's own are prefixed `vmwatch_`. Each service instance owns a registry, so tests can
+run several services in one process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ['HealthServer', 'Metrics']
+
+_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """Every metric vmwatch exports, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        # watcher
+        self.watcher_restarts = Counter('vmwatch_watcher_restarts', 'Watcher restarts by cause.', ['cause'], registry=r)
+        self.batches = Counter('vmwatch_batches', 'WaitForUpdatesEx responses decoded.', registry=r)
+        self.object_updates = Counter('vmwatch_object_updates', 'Object updates decoded.', registry=r)
+        self.signals = Counter('vmwatch_signals', 'Signals emitted (real changes).', registry=r)
+        self.skipped = Counter('vmwatch_skipped', 'Object updates that did not signal, by reason.', ['reason'],
+                               registry=r)
+        self.name_fetches = Counter('vmwatch_name_fetches', 'RetrievePropertiesEx calls fetching VM names.',
+                                    registry=r)
+        self.batch_seconds = Histogram('vmwatch_batch_duration_seconds', 'Decode + decide time per response.',
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.last_wait = Gauge('vmwatch_last_successful_wait_timestamp_seconds',
+                               'Unix time of the last WaitForUpdatesEx answered without error.', registry=r)
+        self.cache_hits = Gauge('vmwatch_cache_hits', 'Fingerprint cache hits (cumulative).', registry=r)
+        self.cache_misses = Gauge('vmwatch_cache_misses', 'Fingerprint cache misses (cumulative).', registry=r)
+        self.cache_evictions = Gauge('vmwatch_cache_evictions', 'Fingerprint cache evictions (cumulative).', registry=r)
+        self.cache_items = Gauge('vmwatch_cache_items', 'VMs in the fingerprint cache.', registry=r)
+        self.cache_bytes = Gauge('vmwatch_cache_bytes', 'Approximate bytes held by the fingerprint cache.', registry=r)
+        self.index_size = Gauge('vmwatch_index_size', 'VirtualMachines in the index.', registry=r)
+        self.index_bytes = Gauge('vmwatch_index_bytes', 'Approximate bytes held by the index.', registry=r)
+        # client-go workqueue names
+        self.queue_depth = Gauge('workqueue_depth', 'Current depth of the work queue.', ['name'], registry=r)
+        self.queue_adds = Counter('workqueue_adds', 'Adds handled by the work queue.', ['name'], registry=r)
+        self.queue_latency = Histogram('workqueue_queue_duration_seconds', 'Time an item waits before it is handled.',
+                                       ['name'], buckets=_LATENCY_BUCKETS, registry=r)
+        self.work_duration = Histogram('workqueue_work_duration_seconds', 'Time handling one item.', ['name'],
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_retries = Counter('workqueue_retries', 'Rate-limited retries.', ['name'], registry=r)
+        # controller-runtime's leader-election gauge
+        self.leader = Gauge('leader_election_master_status', '1 while this replica holds the Lease.', ['name'],
+                            registry=r)
+        self.lease_holder = Gauge('vmwatch_lease_holder', '1 for the identity currently holding the Lease.',
+                                  ['identity'], registry=r)
+
+    def observe_cache(self, stats: dict[str, int]) -> None:
+        """Copy Decider.cache_stats() into the gauges."""
+        self.cache_hits.set(stats.get('hits', 0))
+        self.cache_misses.set(stats.get('misses', 0))
+        self.cache_evictions.set(stats.get('evicted', 0) + stats.get('expired', 0))
+        self.cache_items.set(stats.get('items', 0))
+        self.cache_bytes.set(stats.get('bytes', 0))
+
+    def set_lease_holder(self, identity: str | None) -> None:
+        self.lease_holder.clear()
+        if identity:
+            self.lease_holder.labels(identity=identity).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """/healthz (the process is alive), /readyz (watching, or deliberately idle), /metrics, on one port.
+
+    `ready` returns (ok, reason); the reason is the body, e.g. 'watching', 'standby: not the leader',
+    'disabled: ASYNC_SIGNAL_DISABLED', or why not ready.
+    """
+
+    def __init__(self, *, host: str, port: int, metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                path = self.path.split('?', 1)[0]
+                if path == '/healthz':
+                    self._send(200, b'ok\n', 'text/plain')
+                elif path == '/readyz':
+                    ok, reason = outer.ready()
+                    self._send(200 if ok else 503, reason.encode() + b'\n', 'text/plain')
+                elif path == '/metrics':
+                    self._send(200, outer.metrics.exposition(), CONTENT_TYPE_LATEST)
+                else:
+                    self._send(404, b'not found\n', 'text/plain')
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header('Content-Type', ctype)
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base class signature)
+                return  # probes every few seconds would flood the log
+
+        self.metrics = metrics
+        self.ready = ready
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name='vmwatch-health', daemon=True)
+        self.started_at = time.time()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
