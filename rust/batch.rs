@@ -1,0 +1,528 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The per-response decision (spec section 3, steps A–F, with the fixes of 7.2).
+//!
+//! A. Coalesce per MoRef in order of first appearance: the first kind wins, change sets are
+//!    appended. A `leave` cancels what came before it in the batch; an update after a `leave`
+//!    (re-enter) starts from an evicted cache entry.
+//! B. Fingerprint each change (decode.rs/value.rs); removals and nil values are fingerprints.
+//! C. Compare with the per-VM cache; no change → skipped `unchanged`.
+//! D. Namespace/name: from this update's extraConfig, else the name remembered for the VM.
+//!    Known name → `Index.get`, verified iff its uniqueID == MoRef; otherwise (unknown, or not
+//!    in the index) `Index.by_unique_id(MoRef)` → verified.
+//! E. Deleting → evict the cache entry, skipped `deleting`.
+//! F. `enter` and verified → skipped `verified_enter`.
+//!    Name still unknown → `Pending` (step G is the caller's), unless the VM is in the negative
+//!    cache (known not to be managed) → skipped `unmanaged`. Otherwise a `Signal`.
+//!
+//! `leave` evicts the VM (fingerprints, remembered name, negative flag). With `signal_on_leave`
+//! a VM that is in the index (and not deleting) gets a `Signal` with reason `left`; every other
+//! leave is counted as skipped `left`.
+
+use crate::cache::{CacheStats, FpCache, Props, MAX_PATHS};
+use crate::decode::{decode, DecodeOptions, Decoded, Missing, ObjectUpdate, SoapFault, UpdateSet};
+use crate::decode::{KIND_ENTER, KIND_LEAVE};
+use crate::errors::{Result, VmwatchError};
+use crate::filter::{parse_namespaced_name, Filter, EXTRA_CONFIG_KEYED_PREFIX, EXTRA_CONFIG_PATH};
+use crate::index::{Index, IndexInner};
+use hashbrown::HashMap;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Changed,
+    Entered,
+    Left,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Changed => "changed",
+            Reason::Entered => "entered",
+            Reason::Left => "left",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    pub moref: String,
+    pub kind: u8,
+    pub namespace: String,
+    pub name: String,
+    pub verified: bool,
+    pub deleting: bool,
+    pub priority: i32,
+    pub changed: Vec<String>,
+    pub reason: Reason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub moref: String,
+    pub kind: u8,
+    pub changed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    pub unchanged: u32,
+    pub deleting: u32,
+    pub verified_enter: u32,
+    pub unmanaged: u32,
+    pub left: u32,
+}
+
+impl Skipped {
+    pub fn items(&self) -> [(&'static str, u32); 5] {
+        [
+            ("unchanged", self.unchanged),
+            ("deleting", self.deleting),
+            ("verified_enter", self.verified_enter),
+            ("unmanaged", self.unmanaged),
+            ("left", self.left),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Batch {
+    pub version: Option<String>,
+    pub truncated: bool,
+    pub objects: usize,
+    pub changes: usize,
+    pub signals: Vec<Signal>,
+    pub pending: Vec<Pending>,
+    pub skipped: Skipped,
+    pub missing: Vec<Missing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Batch(Batch),
+    Fault(SoapFault),
+}
+
+/// Property paths as small integers (bits of the cache masks).
+#[derive(Debug, Default)]
+struct PathTable {
+    names: Vec<Box<str>>,
+    ids: HashMap<Box<str>, u32>,
+    extra_config_mask: u64,
+}
+
+impl PathTable {
+    fn intern(&mut self, path: &str) -> Option<u32> {
+        if let Some(&id) = self.ids.get(path) {
+            return Some(id);
+        }
+        if self.names.len() >= MAX_PATHS {
+            return None;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(path.into());
+        self.ids.insert(path.into(), id);
+        if path == EXTRA_CONFIG_PATH || path.starts_with(EXTRA_CONFIG_KEYED_PREFIX) {
+            self.extra_config_mask |= 1u64 << id;
+        }
+        Some(id)
+    }
+
+    fn names_of(&self, mut mask: u64, out: &mut Vec<String>) {
+        while mask != 0 {
+            let bit = mask.trailing_zeros();
+            out.push(self.names[bit as usize].to_string());
+            mask &= mask - 1;
+        }
+    }
+}
+
+/// Configuration of a [`Decider`].
+#[derive(Debug, Clone)]
+pub struct DeciderConfig {
+    pub watched_paths: Vec<String>,
+    pub filter: Filter,
+    pub cache_max_entries: usize,
+    pub cache_ttl_s: f64,
+    pub signal_on_leave: bool,
+}
+
+/// What the index says about a VM.
+struct Lookup {
+    name: Option<(String, String)>,
+    found: bool,
+    verified: bool,
+    deleting: bool,
+    priority: i32,
+}
+
+fn lookup(ix: &IndexInner, moref: &str, name: Option<(String, String)>) -> Lookup {
+    if let Some((ns, n)) = &name {
+        if let Some(st) = ix.get(ns, n) {
+            return Lookup {
+                found: true,
+                verified: &*st.unique_id == moref,
+                deleting: st.deleting,
+                priority: st.priority,
+                name,
+            };
+        }
+    }
+    if let Some((k, st)) = ix.by_unique_id(moref) {
+        return Lookup {
+            name: Some((k.namespace.to_string(), k.name.to_string())),
+            found: true,
+            verified: true,
+            deleting: st.deleting,
+            priority: st.priority,
+        };
+    }
+    Lookup {
+        name,
+        found: false,
+        verified: false,
+        deleting: false,
+        priority: 0,
+    }
+}
+
+fn split_name(s: &str) -> Option<(String, String)> {
+    parse_namespaced_name(s).map(|(a, b)| (a.to_owned(), b.to_owned()))
+}
+
+/// The stateful decision core behind `vmwatch._vmwatch.Decider` (no PyO3 types).
+pub struct Decider {
+    filter: Filter,
+    paths: PathTable,
+    cache: FpCache,
+    signal_on_leave: bool,
+    epoch: Instant,
+    props: Props,
+}
+
+impl Decider {
+    pub fn new(cfg: DeciderConfig) -> Result<Self> {
+        if cfg.cache_max_entries == 0 {
+            return Err(VmwatchError::Config("cache_max_entries must be at least 1".into()));
+        }
+        if !cfg.cache_ttl_s.is_finite() || cfg.cache_ttl_s < 0.0 {
+            return Err(VmwatchError::Config("cache_ttl_s must be a finite number >= 0".into()));
+        }
+        let mut paths = PathTable::default();
+        for p in &cfg.watched_paths {
+            if paths.intern(p).is_none() {
+                return Err(VmwatchError::Config(format!(
+                    "at most {MAX_PATHS} watched paths are supported"
+                )));
+            }
+        }
+        let ttl_ds = (cfg.cache_ttl_s * 10.0).ceil().min(u32::MAX as f64) as u32;
+        Ok(Decider {
+            filter: cfg.filter,
+            paths,
+            cache: FpCache::new(cfg.cache_max_entries, ttl_ds),
+            signal_on_leave: cfg.signal_on_leave,
+            epoch: Instant::now(),
+            props: Props::default(),
+        })
+    }
+
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    fn now(&self) -> u32 {
+        (self.epoch.elapsed().as_millis() / 100).min(u32::MAX as u128) as u32
+    }
+
+    /// Decode and decide one response body.
+    pub fn decide(&mut self, body: &[u8], index: &Index) -> Result<Outcome> {
+        match decode(body, &self.filter, DecodeOptions { kept_keys: false })? {
+            Decoded::Fault(f) => Ok(Outcome::Fault(f)),
+            Decoded::Update(set) => Ok(Outcome::Batch(self.decide_set(set, index))),
+        }
+    }
+
+    /// Decide an already decoded update set.
+    pub fn decide_set(&mut self, set: UpdateSet, index: &Index) -> Batch {
+        let now = self.now();
+        let ix = index.read();
+        let mut batch = Batch {
+            changes: set.changes(),
+            objects: set.objects.len(),
+            version: set.version,
+            truncated: set.truncated,
+            missing: set.missing,
+            ..Batch::default()
+        };
+        // Step A: coalesce per MoRef, in order of first appearance.
+        let mut order: Vec<&str> = Vec::new();
+        let mut groups: HashMap<&str, Vec<&ObjectUpdate>> = HashMap::with_capacity(set.objects.len());
+        for u in &set.objects {
+            groups
+                .entry(u.moref.as_str())
+                .or_insert_with(|| {
+                    order.push(u.moref.as_str());
+                    Vec::new()
+                })
+                .push(u);
+        }
+        for moref in order {
+            let updates = &groups[moref];
+            self.decide_object(moref, updates, &ix, now, &mut batch);
+        }
+        batch
+    }
+
+    fn decide_object(&mut self, moref: &str, updates: &[&ObjectUpdate], ix: &IndexInner, now: u32, out: &mut Batch) {
+        let mut kind: Option<u8> = None;
+        let mut evict = false;
+        let mut first_change = 0usize; // index into `updates` after the last leave
+        for (i, u) in updates.iter().enumerate() {
+            if u.kind == KIND_LEAVE {
+                kind = Some(KIND_LEAVE);
+                evict = true;
+                first_change = i + 1;
+            } else if kind.is_none() || kind == Some(KIND_LEAVE) {
+                kind = Some(u.kind);
+            }
+        }
+        let kind = kind.unwrap_or(KIND_LEAVE);
+        if evict {
+            let remembered = self.cache.peek(moref, now).and_then(|s| self.cache.name(s));
+            self.cache.remove(moref);
+            if kind == KIND_LEAVE {
+                if self.signal_on_leave {
+                    let l = lookup(ix, moref, remembered.as_deref().and_then(split_name));
+                    if l.found && !l.deleting {
+                        let (namespace, name) = l.name.unwrap_or_default();
+                        out.signals.push(Signal {
+                            moref: moref.to_owned(),
+                            kind: KIND_LEAVE,
+                            namespace,
+                            name,
+                            verified: l.verified,
+                            deleting: false,
+                            priority: l.priority,
+                            changed: Vec::new(),
+                            reason: Reason::Left,
+                        });
+                        return;
+                    }
+                }
+                out.skipped.left += 1;
+                return;
+            }
+        }
+        // Step B: props and the name carried by extraConfig (the last extraConfig change wins).
+        self.props.clear();
+        let mut overflow: Vec<String> = Vec::new();
+        let mut name_in_update: Option<Option<(String, String)>> = None;
+        for u in &updates[first_change..] {
+            for c in &u.changes {
+                if let Some(n) = &c.name {
+                    name_in_update = Some(n.clone());
+                }
+                let Some(fp) = c.fp else { continue };
+                match self.paths.intern(&c.path) {
+                    Some(bit) => self.props.set(bit, fp),
+                    // beyond the path table: never cached, always a change
+                    None => overflow.push(c.path.clone()),
+                }
+            }
+        }
+        // Step C.
+        let up = self.cache.update(moref, &self.props, now);
+        let slot = up.slot;
+        if up.changed & self.paths.extra_config_mask != 0 || matches!(name_in_update, Some(Some(_))) {
+            self.cache.set_negative(slot, false);
+        }
+        let name: Option<(String, String)> = match &name_in_update {
+            Some(n) => {
+                let s = n.as_ref().map(|(a, b)| format!("{a}/{b}"));
+                self.cache.set_name(slot, s.as_deref());
+                n.clone()
+            }
+            None => self.cache.name(slot).as_deref().and_then(split_name),
+        };
+        if !up.new && up.changed == 0 && overflow.is_empty() {
+            out.skipped.unchanged += 1;
+            return;
+        }
+        let mut changed = Vec::new();
+        self.paths.names_of(up.changed, &mut changed);
+        changed.extend(overflow);
+        changed.sort_unstable();
+        changed.dedup();
+        // Step D.
+        let had_name = name.is_some();
+        let l = lookup(ix, moref, name.clone());
+        if l.found && l.name != name {
+            let s = l.name.as_ref().map(|(a, b)| format!("{a}/{b}"));
+            self.cache.set_name(slot, s.as_deref());
+        }
+        // Step E.
+        if l.deleting {
+            self.cache.remove(moref);
+            out.skipped.deleting += 1;
+            return;
+        }
+        // Step F.
+        if kind == KIND_ENTER && l.verified {
+            out.skipped.verified_enter += 1;
+            return;
+        }
+        match l.name {
+            None => {
+                debug_assert!(!had_name);
+                if self.cache.is_negative(slot) {
+                    out.skipped.unmanaged += 1;
+                } else {
+                    out.pending.push(Pending {
+                        moref: moref.to_owned(),
+                        kind,
+                        changed,
+                    });
+                }
+            }
+            Some((namespace, name)) => out.signals.push(Signal {
+                moref: moref.to_owned(),
+                kind,
+                namespace,
+                name,
+                verified: l.verified,
+                deleting: false,
+                priority: l.priority,
+                changed,
+                reason: if kind == KIND_ENTER {
+                    Reason::Entered
+                } else {
+                    Reason::Changed
+                },
+            }),
+        }
+    }
+
+    /// Finish a `Pending` after the name fetch (step G): steps D–F and H. An empty namespace or
+    /// name records the VM as not managed (negative cache) and returns `None`.
+    pub fn resolve(
+        &mut self,
+        index: &Index,
+        moref: &str,
+        kind: u8,
+        changed: Vec<String>,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Signal> {
+        let now = self.now();
+        let slot = match self.cache.lookup(moref, now) {
+            Some(s) => s,
+            None => self.cache.update(moref, &Props::default(), now).slot,
+        };
+        let valid = !namespace.is_empty() && !name.is_empty() && !namespace.contains('/') && !name.contains('/');
+        if !valid {
+            self.cache.set_negative(slot, true);
+            return None;
+        }
+        self.cache.set_negative(slot, false);
+        let ix = index.read();
+        let l = lookup(&ix, moref, Some((namespace.to_owned(), name.to_owned())));
+        let (ns, n) = l.name.clone().unwrap_or_default();
+        self.cache.set_name(slot, Some(&format!("{ns}/{n}")));
+        if l.deleting {
+            self.cache.remove(moref);
+            return None;
+        }
+        if kind == KIND_ENTER && l.verified {
+            return None;
+        }
+        Some(Signal {
+            moref: moref.to_owned(),
+            kind,
+            namespace: ns,
+            name: n,
+            verified: l.verified,
+            deleting: false,
+            priority: l.priority,
+            changed,
+            reason: match kind {
+                KIND_ENTER => Reason::Entered,
+                KIND_LEAVE => Reason::Left,
+                _ => Reason::Changed,
+            },
+        })
+    }
+
+    pub fn forget(&mut self, moref: &str) {
+        self.cache.remove(moref);
+    }
+
+    pub fn purge(&mut self) {
+        self.cache.clear();
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// The remembered `"ns/name"` of a VM (tests).
+    pub fn remembered_name(&self, moref: &str) -> Option<String> {
+        let now = self.now();
+        self.cache.peek(moref, now).and_then(|s| self.cache.name(s))
+    }
+}
+
+/// One object update as `vmwatch decode` prints it (stateless).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateSummary {
+    pub moref: String,
+    pub obj_type: String,
+    pub kind: u8,
+    pub props: Vec<String>,
+    pub extra_config_keys: Option<Vec<String>>,
+    pub namespaced_name: Option<String>,
+}
+
+/// Stateless decode for the CLI: one summary per object update, in document order.
+pub fn summarize(body: &[u8], filter: &Filter) -> Result<(Option<String>, bool, Vec<UpdateSummary>)> {
+    let set = match decode(body, filter, DecodeOptions { kept_keys: true })? {
+        Decoded::Update(set) => set,
+        Decoded::Fault(f) => {
+            return Err(VmwatchError::decode(
+                "soap_fault",
+                format!("SOAP fault {}: {}", f.fault_type, f.message),
+                0,
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(set.objects.len());
+    for u in set.objects {
+        let mut props: Vec<String> = u.changes.iter().map(|c| c.path.clone()).collect();
+        props.sort_unstable();
+        props.dedup();
+        let mut keys: Option<Vec<String>> = None;
+        let mut name: Option<String> = None;
+        for c in u.changes {
+            if let Some(k) = c.kept_keys {
+                let all = keys.get_or_insert_with(Vec::new);
+                all.extend(k);
+            }
+            if let Some(Some((a, b))) = c.name {
+                name = Some(format!("{a}/{b}"));
+            }
+        }
+        if let Some(k) = keys.as_mut() {
+            k.sort_unstable();
+            k.dedup();
+        }
+        out.push(UpdateSummary {
+            moref: u.moref,
+            obj_type: u.obj_type,
+            kind: u.kind,
+            props,
+            extra_config_keys: keys,
+            namespaced_name: name,
+        });
+    }
+    Ok((set.version, set.truncated, out))
+}
