@@ -54,8 +54,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _failed(request: pytest.FixtureRequest) -> bool:
-    return any(getattr(request.node, f'rep_{when}', None) and getattr(request.node, f'rep_{when}').failed
-               for when in ('setup', 'call'))
+    return any(
+        getattr(request.node, f'rep_{when}', None) and getattr(request.node, f'rep_{when}').failed
+        for when in ('setup', 'call')
+    )
 
 
 def _keep_logs(request: pytest.FixtureRequest, *paths: Path) -> None:

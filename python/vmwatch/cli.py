@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('--log-level', default='INFO', help='DEBUG, INFO, WARNING or ERROR (default: INFO)')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    for name, module_name in _COMMANDS.items():
+    for module_name in _COMMANDS.values():
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:

@@ -33,14 +33,18 @@ class Metrics:
         self.batches = Counter('vmwatch_batches', 'WaitForUpdatesEx responses decoded.', registry=r)
         self.object_updates = Counter('vmwatch_object_updates', 'Object updates decoded.', registry=r)
         self.signals = Counter('vmwatch_signals', 'Signals emitted (real changes).', registry=r)
-        self.skipped = Counter('vmwatch_skipped', 'Object updates that did not signal, by reason.', ['reason'],
-                               registry=r)
-        self.name_fetches = Counter('vmwatch_name_fetches', 'RetrievePropertiesEx calls fetching VM names.',
-                                    registry=r)
-        self.batch_seconds = Histogram('vmwatch_batch_duration_seconds', 'Decode + decide time per response.',
-                                       buckets=_LATENCY_BUCKETS, registry=r)
-        self.last_wait = Gauge('vmwatch_last_successful_wait_timestamp_seconds',
-                               'Unix time of the last WaitForUpdatesEx answered without error.', registry=r)
+        self.skipped = Counter(
+            'vmwatch_skipped', 'Object updates that did not signal, by reason.', ['reason'], registry=r
+        )
+        self.name_fetches = Counter('vmwatch_name_fetches', 'RetrievePropertiesEx calls fetching VM names.', registry=r)
+        self.batch_seconds = Histogram(
+            'vmwatch_batch_duration_seconds', 'Decode + decide time per response.', buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.last_wait = Gauge(
+            'vmwatch_last_successful_wait_timestamp_seconds',
+            'Unix time of the last WaitForUpdatesEx answered without error.',
+            registry=r,
+        )
         self.cache_hits = Gauge('vmwatch_cache_hits', 'Fingerprint cache hits (cumulative).', registry=r)
         self.cache_misses = Gauge('vmwatch_cache_misses', 'Fingerprint cache misses (cumulative).', registry=r)
         self.cache_evictions = Gauge('vmwatch_cache_evictions', 'Fingerprint cache evictions (cumulative).', registry=r)
@@ -51,16 +55,24 @@ class Metrics:
         # client-go workqueue names
         self.queue_depth = Gauge('workqueue_depth', 'Current depth of the work queue.', ['name'], registry=r)
         self.queue_adds = Counter('workqueue_adds', 'Adds handled by the work queue.', ['name'], registry=r)
-        self.queue_latency = Histogram('workqueue_queue_duration_seconds', 'Time an item waits before it is handled.',
-                                       ['name'], buckets=_LATENCY_BUCKETS, registry=r)
-        self.work_duration = Histogram('workqueue_work_duration_seconds', 'Time handling one item.', ['name'],
-                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_latency = Histogram(
+            'workqueue_queue_duration_seconds',
+            'Time an item waits before it is handled.',
+            ['name'],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.work_duration = Histogram(
+            'workqueue_work_duration_seconds', 'Time handling one item.', ['name'], buckets=_LATENCY_BUCKETS, registry=r
+        )
         self.queue_retries = Counter('workqueue_retries', 'Rate-limited retries.', ['name'], registry=r)
         # controller-runtime's leader-election gauge
-        self.leader = Gauge('leader_election_master_status', '1 while this replica holds the Lease.', ['name'],
-                            registry=r)
-        self.lease_holder = Gauge('vmwatch_lease_holder', '1 for the identity currently holding the Lease.',
-                                  ['identity'], registry=r)
+        self.leader = Gauge(
+            'leader_election_master_status', '1 while this replica holds the Lease.', ['name'], registry=r
+        )
+        self.lease_holder = Gauge(
+            'vmwatch_lease_holder', '1 for the identity currently holding the Lease.', ['identity'], registry=r
+        )
 
     def observe_cache(self, stats: dict[str, int]) -> None:
         """Copy Decider.cache_stats() into the gauges."""
@@ -90,7 +102,7 @@ class HealthServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 path = self.path.split('?', 1)[0]
                 if path == '/healthz':
                     self._send(200, b'ok\n', 'text/plain')
@@ -109,7 +121,7 @@ class HealthServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (base class signature)
+            def log_message(self, format: str, *args: Any) -> None:
                 return  # probes every few seconds would flood the log
 
         self.metrics = metrics

@@ -191,7 +191,7 @@ class FilterSettings:
         return tuple(dict.fromkeys((*self.ignored_extra_config_keys, *self.additional_ignored_keys)))
 
 
-def _opt(default: Any, help: str, *, unit: str = '', choices: Sequence[str] = ()) -> Any:  # noqa: A002
+def _opt(default: Any, help: str, *, unit: str = '', choices: Sequence[str] = ()) -> Any:
     return field(default=default, metadata={'help': help, 'unit': unit, 'choices': tuple(choices)})
 
 
@@ -222,7 +222,9 @@ class ServiceSettings:
     retry_period_s: float = _opt(2.0, 'interval between Lease acquire/renew attempts', unit='s')
     max_wait_s: int = _opt(300, 'WaitForUpdatesEx MaxWaitSeconds', unit='s')
     max_object_updates: int = _opt(100, 'WaitForUpdatesEx MaxObjectUpdates per page', unit='objects')
-    additional_ignored_keys: tuple[str, ...] = _opt((), 'extraConfig keys to ignore on top of the defaults (comma-separated)')
+    additional_ignored_keys: tuple[str, ...] = _opt(
+        (), 'extraConfig keys to ignore on top of the defaults (comma-separated)'
+    )
     cache_max_entries: int = _opt(25000, 'fingerprint cache size', unit='VMs')
     cache_ttl_s: float = _opt(86400.0, 'fingerprint cache entry lifetime', unit='s')
     signal_on_leave: bool = _opt(False, 'signal VMs with a Kubernetes object when they leave scope')
@@ -316,6 +318,8 @@ def load_service_settings(args: argparse.Namespace, environ: Mapping[str, str] |
         value = _convert(f.name, str(raw), f.type)
         choices = f.metadata['choices']
         if choices and value not in choices:
-            raise SettingsError(f'{_env_name(f.name)} / --{f.name.replace("_", "-")}: {value!r} is not one of {choices}')
+            raise SettingsError(
+                f'{_env_name(f.name)} / --{f.name.replace("_", "-")}: {value!r} is not one of {choices}'
+            )
         values[f.name] = value
     return ServiceSettings(**values)

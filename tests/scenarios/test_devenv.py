@@ -17,7 +17,10 @@ ZONE = {
     'apiVersion': 'topology.tanzu.vmware.com/v1alpha1',
     'kind': 'Zone',
     'metadata': {'name': 'zone-a', 'namespace': 'default'},
-    'spec': {'availabilityZoneReference': {'apiVersion': 'v1', 'name': 'az-1'}, 'managedVMs': {'folderMoID': 'group-v3'}},
+    'spec': {
+        'availabilityZoneReference': {'apiVersion': 'v1', 'name': 'az-1'},
+        'managedVMs': {'folderMoID': 'group-v3'},
+    },
 }
 
 
@@ -36,11 +39,18 @@ def test_zone_and_virtualmachine_round_trip(kube_api: client.ApiClient) -> None:
     zone = objs.get_namespaced_custom_object('topology.tanzu.vmware.com', 'v1alpha1', 'default', 'zones', 'zone-a')
     assert zone['spec']['managedVMs']['folderMoID'] == 'group-v3'
 
-    objs.create_namespaced_custom_object('vmoperator.vmware.com', 'v1alpha6', 'default', 'virtualmachines',
-                                         _vm_body('vm-1'))
+    objs.create_namespaced_custom_object(
+        'vmoperator.vmware.com', 'v1alpha6', 'default', 'virtualmachines', _vm_body('vm-1')
+    )
     # status is a subresource: a plain patch of status is ignored, the status endpoint sets it
-    objs.patch_namespaced_custom_object_status('vmoperator.vmware.com', 'v1alpha6', 'default', 'virtualmachines',
-                                               'vm-1', {'status': {'uniqueID': 'vm-42', 'powerState': 'PoweredOff'}})
+    objs.patch_namespaced_custom_object_status(
+        'vmoperator.vmware.com',
+        'v1alpha6',
+        'default',
+        'virtualmachines',
+        'vm-1',
+        {'status': {'uniqueID': 'vm-42', 'powerState': 'PoweredOff'}},
+    )
     vm = objs.get_namespaced_custom_object('vmoperator.vmware.com', 'v1alpha6', 'default', 'virtualmachines', 'vm-1')
     assert vm['status']['uniqueID'] == 'vm-42'
     assert vm['spec']['className'] == 'best-effort-small'  # unknown fields are preserved
@@ -51,8 +61,9 @@ def test_zone_and_virtualmachine_round_trip(kube_api: client.ApiClient) -> None:
 
 def test_extra_config_read_back_with_pyvmomi(vcsim: devenv.VcsimServer) -> None:
     ctx = ssl.create_default_context(cafile=str(vcsim.ca_file))  # TLS verified against vcsim's certificate
-    si = SmartConnect(host=vcsim.host, port=vcsim.port, user=vcsim.user,
-                      pwd=vcsim.password_file.read_text().strip(), sslContext=ctx)
+    si = SmartConnect(
+        host=vcsim.host, port=vcsim.port, user=vcsim.user, pwd=vcsim.password_file.read_text().strip(), sslContext=ctx
+    )
     try:
         content = si.RetrieveContent()
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)

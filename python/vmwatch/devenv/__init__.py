@@ -107,8 +107,12 @@ def _ldflags(name: str, version: str) -> list[str]:
     # what Kubernetes' own build stamps, so /version reports the pinned release
     major, minor = version.lstrip('v').split('.')[:2]
     pkg = 'k8s.io/component-base/version'
-    flags = [f'-X {pkg}.gitVersion={version}', f'-X {pkg}.gitMajor={major}', f'-X {pkg}.gitMinor={minor}',
-             f'-X {pkg}.gitTreeState=clean']
+    flags = [
+        f'-X {pkg}.gitVersion={version}',
+        f'-X {pkg}.gitMajor={major}',
+        f'-X {pkg}.gitMinor={minor}',
+        f'-X {pkg}.gitTreeState=clean',
+    ]
     return ['-ldflags', ' '.join(flags)]
 
 
@@ -122,8 +126,16 @@ def build_all(names: Sequence[str] = ('vcsim', 'etcd', 'kube-apiserver')) -> dic
     return times
 
 
-def _wait_http(url: str, *, deadline: float, ctx: ssl.SSLContext | None, headers: dict[str, str],
-               proc: subprocess.Popen[bytes], log_path: Path, what: str) -> None:
+def _wait_http(
+    url: str,
+    *,
+    deadline: float,
+    ctx: ssl.SSLContext | None,
+    headers: dict[str, str],
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
+    what: str,
+) -> None:
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -321,8 +333,15 @@ class KubeServer:
         self._etcd, log_file = _popen(cmd, self.etcd_log, detach=detach)
         self._logs.append(log_file)
         deadline = time.monotonic() + timeout_s
-        _wait_http(f'{client_url}/health', deadline=deadline, ctx=None, headers={}, proc=self._etcd,
-                   log_path=self.etcd_log, what='etcd')
+        _wait_http(
+            f'{client_url}/health',
+            deadline=deadline,
+            ctx=None,
+            headers={},
+            proc=self._etcd,
+            log_path=self.etcd_log,
+            what='etcd',
+        )
 
     def _start_apiserver(self, binary: Path, *, detach: bool, timeout_s: float) -> None:
         pki = self.state_dir / 'pki'
@@ -354,15 +373,23 @@ class KubeServer:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE  # the serving certificate is generated at start; trusted via kubeconfig
         deadline = time.monotonic() + timeout_s
-        _wait_http(f'{self.url}/readyz', deadline=deadline, ctx=ctx,
-                   headers={'Authorization': f'Bearer {ADMIN_TOKEN}'}, proc=self._apiserver,
-                   log_path=self.apiserver_log, what='kube-apiserver')
+        _wait_http(
+            f'{self.url}/readyz',
+            deadline=deadline,
+            ctx=ctx,
+            headers={'Authorization': f'Bearer {ADMIN_TOKEN}'},
+            proc=self._apiserver,
+            log_path=self.apiserver_log,
+            what='kube-apiserver',
+        )
 
     def _write_kubeconfig(self) -> None:
         config = {
             'apiVersion': 'v1',
             'kind': 'Config',
-            'clusters': [{'name': 'vmwatch', 'cluster': {'server': self.url, 'certificate-authority': str(self.ca_file)}}],
+            'clusters': [
+                {'name': 'vmwatch', 'cluster': {'server': self.url, 'certificate-authority': str(self.ca_file)}}
+            ],
             'users': [{'name': 'vmwatch-admin', 'user': {'token': ADMIN_TOKEN}}],
             'contexts': [{'name': 'vmwatch', 'context': {'cluster': 'vmwatch', 'user': 'vmwatch-admin'}}],
             'current-context': 'vmwatch',

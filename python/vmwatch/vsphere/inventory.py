@@ -1,17 +1,20 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Inventory questions the service asks vCenter outside the watcher: which containers still exist."""
+"""Inventory calls outside the watcher: which containers still exist (the service), and the few
+operations the demo, the benchmarks and the tests perform on VMs."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from typing import Any
 
-from pyVmomi import vmodl
+from pyVmomi import vim, vmodl
 
-from vmwatch.vsphere.errors import NotAuthenticatedError
+from vmwatch.vsphere.errors import NotAuthenticatedError, VsphereFault
 from vmwatch.vsphere.refs import MoRef
 from vmwatch.vsphere.session import Session
 
-__all__ = ['existing']
+__all__ = ['existing', 'power_on', 'set_extra_config', 'vm_folder', 'vms_under']
 
 PC = vmodl.query.PropertyCollector
 
@@ -42,3 +45,44 @@ def existing(session: Session, refs: Iterable[MoRef]) -> set[MoRef]:
         token = result.token
         result = session.call('ContinueRetrievePropertiesEx', pc.ContinueRetrievePropertiesEx, token) if token else None
     return found & set(wanted)
+
+
+def vms_under(session: Session, container: MoRef) -> list[tuple[MoRef, str]]:
+    """(ref, name) of every VM below `container` (recursive), sorted by name."""
+    content = session.content
+    view = session.call(
+        'CreateContainerView',
+        content.viewManager.CreateContainerView,
+        session.managed_object(container),
+        [vim.VirtualMachine],
+        True,
+    )
+    try:
+        return sorted(((MoRef('VirtualMachine', str(vm._moId)), str(vm.name)) for vm in view.view), key=lambda x: x[1])
+    finally:
+        session.call('DestroyView', view.DestroyView)
+
+
+def vm_folder(session: Session, datacenter_index: int = 0) -> MoRef:
+    """The root VM folder of the n-th datacenter (where new VMs go by default)."""
+    dcs = [e for e in session.content.rootFolder.childEntity if isinstance(e, vim.Datacenter)]
+    return MoRef('Folder', str(dcs[datacenter_index].vmFolder._moId))
+
+
+def _wait(session: Session, task: Any, what: str) -> None:
+    while task.info.state in ('queued', 'running'):
+        time.sleep(0.05)
+    if task.info.state != 'success':
+        raise VsphereFault(getattr(type(task.info.error), '_wsdlName', 'Fault'), str(task.info.error.msg), call=what)
+
+
+def set_extra_config(session: Session, vm: MoRef, values: dict[str, str]) -> None:
+    """Reconfigure the VM's extraConfig (an empty value removes the key)."""
+    spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in values.items()])
+    task = session.call('ReconfigVM_Task', session.managed_object(vm).ReconfigVM_Task, spec)
+    _wait(session, task, 'ReconfigVM_Task')
+
+
+def power_on(session: Session, vm: MoRef) -> None:
+    task = session.call('PowerOnVM_Task', session.managed_object(vm).PowerOnVM_Task)
+    _wait(session, task, 'PowerOnVM_Task')

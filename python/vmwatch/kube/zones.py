@@ -1,0 +1,264 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Zone controller (spec 5) and the service's view of Zones (spec 4.3).
+
+Per reconcile of Zone <ns>/<name> (owner ID "<ns>/<name>"):
+
+* deleting: `remove(Folder:<folderMoID>, owner)` on the watcher; the "disabled" error is fine, any other
+  error (also "no watcher": the interlock of spec 5) keeps the finalizer and retries with backoff. Then
+  the finalizer (and the legacy name) is removed.
+* live: without our finalizer, add it and stop (the update event brings the zone back, spec 5). Else
+  `add(Folder:<folderMoID>, owner)` on every reconcile (the watcher is ephemeral). Errors other than
+  "disabled" retry with backoff.
+* A folder change on a live Zone removes the old folder for that owner: the controller remembers the
+  folder each owner was last added with (the desired-state registry of spec 7.2 #8), so a change is a
+  diff instead of a leak.
+
+Reconciles run from a work queue: one key is never reconciled twice at once; failures are retried with
+exponential backoff (5 ms -> 1000 s); success forgets the key's history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from vmwatch.kube.listwatch import ListWatch
+from vmwatch.queue import SHUTDOWN, Key, WorkQueue
+from vmwatch.settings import FINALIZER, LEGACY_FINALIZER
+
+__all__ = [
+    'ZONE_GROUP',
+    'ZONE_PLURAL',
+    'ZONE_VERSION',
+    'FolderTargets',
+    'ZoneCache',
+    'ZoneController',
+    'folder_of',
+    'is_deleting',
+]
+
+log = logging.getLogger('vmwatch.zones')
+
+ZONE_GROUP: Final = 'topology.tanzu.vmware.com'
+ZONE_VERSION: Final = 'v1alpha1'
+ZONE_PLURAL: Final = 'zones'
+
+
+def folder_of(zone: dict[str, Any]) -> str:
+    """'Folder:<spec.managedVMs.folderMoID>' or '' when the zone names no folder."""
+    managed = (zone.get('spec') or {}).get('managedVMs') or {}
+    moid = managed.get('folderMoID') if isinstance(managed, dict) else None
+    return f'Folder:{moid}' if isinstance(moid, str) and moid else ''
+
+
+def is_deleting(zone: dict[str, Any]) -> bool:
+    return bool((zone.get('metadata') or {}).get('deletionTimestamp'))
+
+
+def finalizers(zone: dict[str, Any]) -> list[str]:
+    return list((zone.get('metadata') or {}).get('finalizers') or [])
+
+
+def owner_id(zone: dict[str, Any]) -> str:
+    md = zone.get('metadata') or {}
+    return f'{md.get("namespace", "")}/{md.get("name", "")}'
+
+
+class FolderTargets:
+    """What the controller needs from the watcher slot (vmwatch.watcher.WatcherSlot satisfies it)."""
+
+    async def add(self, ref: str, owner_id: str) -> None:
+        raise NotImplementedError
+
+    async def remove(self, ref: str, owner_id: str) -> None:
+        raise NotImplementedError
+
+
+class ZoneCache(ListWatch):
+    """All Zones, kept current by a list + watch; changes are reported to `on_change(key)`."""
+
+    thread_name = 'vmwatch-zones'
+
+    def __init__(self, api: Any, *, on_change: Callable[[Key], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(api, f'/apis/{ZONE_GROUP}/{ZONE_VERSION}/{ZONE_PLURAL}', **kwargs)
+        self._zones: dict[Key, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.on_change = on_change
+
+    @staticmethod
+    def _key(obj: dict[str, Any]) -> Key:
+        md = obj.get('metadata') or {}
+        return (str(md.get('namespace', '')), str(md.get('name', '')))
+
+    def on_list(self, items: list[dict[str, Any]], resource_version: str) -> None:
+        fresh = {self._key(o): o for o in items}
+        with self._lock:
+            gone = set(self._zones) - set(fresh)
+            self._zones = fresh
+        for key in (*fresh, *gone):
+            self._notify(key)
+
+    def on_event(self, kind: str, obj: dict[str, Any]) -> None:
+        key = self._key(obj)
+        with self._lock:
+            if kind == 'DELETED':
+                self._zones.pop(key, None)
+            else:
+                self._zones[key] = obj
+        self._notify(key)
+
+    def _notify(self, key: Key) -> None:
+        if self.on_change is not None:
+            self.on_change(key)
+
+    def zones(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._zones.values())
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        with self._lock:
+            return self._zones.get(key)
+
+
+@dataclass
+class ReconcileStats:
+    reconciles: int = 0
+    errors: int = 0
+    added: int = 0
+    removed: int = 0
+
+
+class ZoneController:
+    """Reconciles Zones against the watcher (`targets`), from a work queue fed by a ZoneCache."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        targets: FolderTargets | Any,
+        *,
+        disabled_errors: tuple[type[BaseException], ...] = (),
+        workers: int = 2,
+        queue: WorkQueue | None = None,
+    ) -> None:
+        self.api = api
+        self.objects = client.CustomObjectsApi(api)
+        self.targets = targets
+        self.disabled_errors = disabled_errors
+        self.workers = workers
+        self.queue = queue or WorkQueue()
+        self.cache = ZoneCache(api, on_change=self._enqueue_from_thread)
+        self.registry: dict[str, str] = {}  # owner ID -> folder last added for it (desired-state registry)
+        self.stats = ReconcileStats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    async def start(self) -> ZoneController:
+        self._loop = asyncio.get_running_loop()
+        self.cache.start()
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f'vmwatch-zone-worker-{i}') for i in range(self.workers)
+        ]
+        return self
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.cache.stop)
+        await self.queue.shutdown(drain=False)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def requeue_all(self) -> None:
+        """Reconcile every known Zone again (a new watcher started: it must learn every folder)."""
+        for zone in self.cache.zones():
+            self.queue.add(ZoneCache._key(zone))
+
+    def _enqueue_from_thread(self, key: Key) -> None:
+        if self._loop is not None:
+            self.queue.add_threadsafe(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            if key == SHUTDOWN:
+                return
+            try:
+                await self.reconcile(key)
+            except Exception as e:
+                self.stats.errors += 1
+                retries = self.queue.num_requeues(key)
+                level = logging.WARNING if retries < 5 or retries % 10 == 0 else logging.DEBUG
+                log.log(level, 'zone %s/%s: %s (retry %d)', key[0], key[1], e, retries + 1)
+                self.queue.add_rate_limited(key)
+            else:
+                self.queue.forget(key)
+            finally:
+                self.queue.done(key)
+
+    # -- reconcile --------------------------------------------------------------------------------------
+    async def reconcile(self, key: Key) -> None:
+        self.stats.reconciles += 1
+        namespace, name = key
+        zone = await self._get(namespace, name)
+        if zone is None:
+            return
+        owner = owner_id(zone)
+        folder = folder_of(zone)
+        if is_deleting(zone):
+            await self._reconcile_delete(zone, owner, folder)
+            return
+        if FINALIZER not in finalizers(zone):
+            await self._set_finalizers(zone, [*[f for f in finalizers(zone) if f != LEGACY_FINALIZER], FINALIZER])
+            return  # the update event brings the zone back; the next reconcile adds the folder (spec 5)
+        previous = self.registry.get(owner)
+        if previous and previous != folder:
+            await self._call(self.targets.remove, previous, owner)  # folder changed: drop the old one
+            self.registry.pop(owner, None)
+        if folder:
+            await self._call(self.targets.add, folder, owner)
+            self.registry[owner] = folder
+            self.stats.added += 1
+
+    async def _reconcile_delete(self, zone: dict[str, Any], owner: str, folder: str) -> None:
+        ours = {FINALIZER, LEGACY_FINALIZER}
+        if not ours & set(finalizers(zone)):
+            self.registry.pop(owner, None)
+            return
+        for ref in dict.fromkeys(r for r in (folder, self.registry.get(owner, '')) if r):
+            await self._call(self.targets.remove, ref, owner)  # "no watcher" raises: keep the finalizer
+            self.stats.removed += 1
+        self.registry.pop(owner, None)
+        await self._set_finalizers(zone, [f for f in finalizers(zone) if f not in ours])
+
+    async def _call(self, fn: Callable[[str, str], Awaitable[None]], ref: str, owner: str) -> None:
+        try:
+            await fn(ref, owner)
+        except self.disabled_errors:
+            log.debug('async signal disabled: %s(%s, %s) skipped', getattr(fn, '__name__', fn), ref, owner)
+
+    async def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = await asyncio.to_thread(
+                self.objects.get_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, namespace, ZONE_PLURAL, name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return obj if isinstance(obj, dict) else None
+
+    async def _set_finalizers(self, zone: dict[str, Any], wanted: Iterable[str]) -> None:
+        md = zone.get('metadata') or {}
+        body = {'metadata': {'finalizers': list(wanted), 'resourceVersion': md.get('resourceVersion')}}
+        await asyncio.to_thread(
+            self.objects.patch_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'), ZONE_PLURAL,
+            md.get('name'), body, _content_type='application/merge-patch+json',
+        )  # fmt: skip

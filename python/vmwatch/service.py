@@ -1,0 +1,347 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The service (spec 4): keeps one watcher running for the Zones' folders and turns signals into requests.
+
+    service = Service(settings, api=api_client)
+    await service.run()          # until stop(); never exits because vCenter is down or misconfigured
+
+One watcher lifetime: log in (the password file is read again), gather the Zones' folders (skipping
+deleting Zones without our finalizer, filtering folders that no longer exist with one
+RetrievePropertiesEx, adding the finalizer to the live Zones being watched), start the watcher, and
+for every signal validate it against the VirtualMachine index (or the API before the index synced) and
+enqueue (namespace, name) with the VM's priority. When the watcher ends it is restarted after a capped
+exponential backoff with jitter, reset after a healthy period (spec 7.2 #1); repeated failures of the
+same kind are logged at a bounded rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from vmwatch._vmwatch import Decider, Index, Signal
+from vmwatch.kube.index import VirtualMachineIndex
+from vmwatch.kube.zones import (
+    ZONE_GROUP,
+    ZONE_PLURAL,
+    ZONE_VERSION,
+    ZoneController,
+    finalizers,
+    folder_of,
+    is_deleting,
+    owner_id,
+)
+from vmwatch.metrics import Metrics
+from vmwatch.queue import Key, WorkQueue
+from vmwatch.settings import FINALIZER, LEGACY_FINALIZER, ServiceSettings, async_signal_disabled
+from vmwatch.vsphere import Endpoint, InvalidLoginError, MoRef, NotAuthenticatedError, Session, SessionError
+from vmwatch.vsphere.errors import CredentialsError
+from vmwatch.vsphere.inventory import existing
+from vmwatch.watcher import AsyncSignalDisabledError, Watcher, WatcherSlot
+
+__all__ = ['Backoff', 'RateLimitedLog', 'Service']
+
+log = logging.getLogger('vmwatch.service')
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with full jitter in [delay/2, delay], reset after a healthy run."""
+
+    initial_s: float = 1.0
+    max_s: float = 300.0
+    reset_after_s: float = 120.0
+    failures: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next(self, *, healthy_for_s: float) -> float:
+        if healthy_for_s >= self.reset_after_s:
+            self.failures = 0
+        delay = min(self.max_s, self.initial_s * 2**self.failures)
+        self.failures = min(self.failures + 1, 32)
+        return delay * self.rng.uniform(0.5, 1.0)
+
+
+class RateLimitedLog:
+    """Logs a repeated message once per `every_s` per key, with how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, *, every_s: float = 60.0) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = defaultdict(int)
+
+    def log(self, level: int, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._suppressed[key] += 1
+            return
+        self._last[key] = now
+        n = self._suppressed.pop(key, 0)
+        suffix = f' ({n} similar messages suppressed)' if n else ''
+        self.logger.log(level, msg + suffix, *args)
+
+
+class Service:
+    """Zone controller + VirtualMachine index + watcher supervision + enqueue, for one vCenter."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        api: client.ApiClient,
+        metrics: Metrics | None = None,
+        queue: WorkQueue | None = None,
+        disabled: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.metrics = metrics or Metrics()
+        self.queue = queue or WorkQueue()
+        self.disabled = async_signal_disabled() if disabled is None else disabled
+        self.index = VirtualMachineIndex(api, index=Index())
+        fs = settings.filter_settings()
+        self.decider = Decider(  # process-global: the fingerprint cache survives watcher restarts (spec 1.1)
+            index=self.index.index,
+            watched_paths=fs.watched_paths,
+            ignored_keys=fs.all_ignored_keys(),
+            name_key=fs.name_key,
+            cache_max_entries=fs.cache_max_entries,
+            cache_ttl_s=fs.cache_ttl_s,
+            signal_on_leave=fs.signal_on_leave,
+        )
+        self.slot = WatcherSlot(disabled=self.disabled)
+        self.zones = ZoneController(api, self.slot, disabled_errors=(AsyncSignalDisabledError,))
+        self.objects = client.CustomObjectsApi(api)
+        self.backoff = Backoff(settings.restart_initial_s, settings.restart_max_s, settings.restart_reset_s)
+        self.status = 'starting'
+        self.watching = False
+        self.restarts = 0
+        self.logins = 0
+        self.last_error: BaseException | None = None
+        self._rate_log = RateLimitedLog(log)
+        self._stop = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
+
+    # -- health ---------------------------------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        if self.disabled:
+            return True, 'idle: async signal disabled'
+        if self.watching:
+            return True, 'watching'
+        return False, self.status
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> Service:
+        """Start the index and the Zone controller (every replica keeps them warm)."""
+        self.index.start()
+        await self.zones.start()
+        return self
+
+    def start_watching(self) -> None:
+        """Become the active watcher (called when this replica leads, or at once without leader election)."""
+        if self.disabled:
+            log.info('async signal is disabled (ASYNC_SIGNAL_DISABLED / ASYNC_SIGNAL_ENABLED): not watching')
+            self.status = 'disabled'
+            return
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.create_task(self._watch_forever(), name='vmwatch-service')
+
+    async def stop_watching(self) -> None:
+        """Stop the watcher at once (lost the Lease, or shutting down)."""
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.watching = False
+        self.status = 'standby'
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self.stop_watching()
+        await self.zones.stop()
+        await asyncio.to_thread(self.index.stop)
+
+    # -- the watcher loop -----------------------------------------------------------------------------
+    async def _watch_forever(self) -> None:
+        log.info('starting the VM watcher service')
+        while not self._stop.is_set():
+            started = time.monotonic()
+            cause = 'closed'
+            try:
+                await self._watch_once()
+            except asyncio.CancelledError:
+                raise
+            except (InvalidLoginError, NotAuthenticatedError, CredentialsError) as e:
+                cause = 'auth'
+                self._failed(e, logging.WARNING, f'vCenter login failed: {e}')
+            except SessionError as e:
+                cause = 'transport'
+                self._failed(e, logging.WARNING, f'vCenter unreachable: {e}')
+            except Exception as e:
+                cause = 'error'
+                self._failed(e, logging.ERROR, f'watcher failed: {type(e).__name__}: {e}')
+            finally:
+                self.watching = False
+            self.restarts += 1
+            self.metrics.watcher_restarts.labels(cause=cause).inc()
+            healthy = time.monotonic() - started
+            delay = 0.0 if cause == 'closed' else self.backoff.next(healthy_for_s=healthy)
+            if delay:
+                log.debug('restarting the watcher in %.1f s (cause: %s)', delay, cause)
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=delay or 0.001)
+            except TimeoutError:
+                pass
+
+    def _failed(self, e: BaseException, level: int, message: str) -> None:
+        self.last_error = e
+        self.status = message
+        self._rate_log.log(level, type(e).__name__, '%s', message)
+
+    def _endpoint(self) -> Endpoint:
+        s = self.settings
+        user = s.vc_user
+        if s.vc_user_file is not None:
+            try:
+                user = s.vc_user_file.read_text(encoding='utf-8').strip()
+            except OSError as e:
+                raise CredentialsError(f'cannot read the vCenter user file {s.vc_user_file}: {e.strerror}') from None
+        assert s.vc_password_file is not None  # validate() requires it
+        return Endpoint(
+            url=s.vc_url,
+            user=user,
+            password_file=s.vc_password_file,
+            ca_file=s.vc_ca_file,
+            thumbprint=s.vc_thumbprint or None,
+            insecure=s.vc_insecure,
+        )
+
+    async def _watch_once(self) -> None:
+        self.status = 'logging in to vCenter'
+        session = Session(self._endpoint())  # credentials are read again on every attempt
+        self.logins += 1
+        await asyncio.to_thread(session.login)
+        try:
+            await asyncio.to_thread(self.zones.cache.wait_synced, 60.0)
+            folders = await self._gather_folders(session)
+            async with Watcher(
+                session=session,
+                containers=folders,
+                decider=self.decider,
+                settings=self.settings.watch_settings(),
+                filter_settings=self.settings.filter_settings(),
+                slot=self.slot,
+            ) as watcher:
+                self.watching = True
+                self.status = 'watching'
+                self.zones.requeue_all()  # zones added while no watcher ran are added now
+                self.metrics.last_wait.set_to_current_time()
+                async for signal in watcher:
+                    await self._handle(signal)
+                if watcher.error is not None:
+                    raise watcher.error
+        finally:
+            self.watching = False
+            await asyncio.to_thread(session.logout)
+
+    async def _gather_folders(self, session: Session) -> dict[MoRef, list[str]]:
+        """Spec 4.3: folders of the Zones with their owner IDs; stale folders filtered; finalizers added."""
+        owners: dict[MoRef, list[str]] = defaultdict(list)
+        to_patch: list[dict[str, Any]] = []
+        for zone in self.zones.cache.zones():
+            folder = folder_of(zone)
+            if not folder:
+                continue
+            has_finalizer = FINALIZER in finalizers(zone) or LEGACY_FINALIZER in finalizers(zone)
+            if is_deleting(zone) and not has_finalizer:
+                continue  # the controller already removed it, or it was deleted before any watcher existed
+            owners[MoRef.parse(folder)].append(owner_id(zone))
+            if not has_finalizer:
+                to_patch.append(zone)
+        if not owners:
+            return {}
+        try:
+            alive = await asyncio.to_thread(existing, session, owners)
+        except SessionError:
+            raise
+        except Exception as e:
+            raise RuntimeError(f'failed to get managed VMs folder properties: {e}') from e
+        for ref in set(owners) - alive:
+            log.warning('folder %s named by zones %s does not exist: not watched', ref, ', '.join(owners[ref]))
+        for zone in to_patch:
+            if MoRef.parse(folder_of(zone)) in alive:
+                await self._add_finalizer(zone)
+        result = {ref: ids for ref, ids in owners.items() if ref in alive}
+        for ref, ids in result.items():
+            for owner in ids:
+                self.zones.registry[owner] = str(ref)
+        return result
+
+    async def _add_finalizer(self, zone: dict[str, Any]) -> None:
+        md = zone.get('metadata') or {}
+        body = {
+            'metadata': {'finalizers': [*finalizers(zone), FINALIZER], 'resourceVersion': md.get('resourceVersion')}
+        }
+        try:
+            await asyncio.to_thread(
+                self.objects.patch_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'),
+                ZONE_PLURAL, md.get('name'), body, _content_type='application/merge-patch+json',
+            )  # fmt: skip
+        except ApiException as e:
+            raise RuntimeError(f'failed to add finalizer to zone {owner_id(zone)}: {e.status} {e.reason}') from e
+
+    # -- signals -> requests --------------------------------------------------------------------------
+    async def _handle(self, signal: Signal) -> None:
+        """Spec 4.5: enqueue only VMs that exist in this cluster (and are not being deleted)."""
+        self.metrics.signals.inc()
+        entry = self.index.get(signal.namespace, signal.name)
+        if entry is None and not self.index.synced:
+            entry = await self._get_vm(signal.namespace, signal.name)
+        if entry is None:
+            log.debug('unable to validate vm %s/%s (%s): dropped', signal.namespace, signal.name, signal.moref)
+            self.metrics.skipped.labels(reason='unvalidated').inc()
+            return
+        _unique_id, deleting, priority = entry
+        if deleting:
+            self.metrics.skipped.labels(reason='deleting').inc()
+            return
+        key: Key = (signal.namespace, signal.name)
+        if self.queue.add(key, priority=priority):
+            self.metrics.queue_adds.labels(name='virtualmachine').inc()
+
+    async def _get_vm(self, namespace: str, name: str) -> tuple[str, bool, int] | None:
+        from vmwatch.kube.index import VM_GROUP, VM_PLURAL, VM_VERSION
+        from vmwatch.kube.priority import vm_priority
+
+        try:
+            obj = await asyncio.to_thread(
+                self.objects.get_namespaced_custom_object, VM_GROUP, VM_VERSION, namespace, VM_PLURAL, name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        status = obj.get('status') or {}
+        md = obj.get('metadata') or {}
+        return str(status.get('uniqueID') or ''), bool(md.get('deletionTimestamp')), vm_priority(obj)
+
+    def snapshot(self) -> dict[str, Any]:
+        """State for logs and tests."""
+        return {
+            'status': self.status,
+            'watching': self.watching,
+            'restarts': self.restarts,
+            'logins': self.logins,
+            'queue_depth': len(self.queue),
+            'index': len(self.index),
+            'cache': self.decider.cache_stats(),
+        }
