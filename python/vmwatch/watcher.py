@@ -541,14 +541,14 @@ class Watcher:
         if batch.pending:
             for signal in await asyncio.to_thread(self._resolve, batch.pending):
                 await self._put(signal)
-        if batch.signals or batch.pending:
+        if batch.objects:
             log.debug(
                 'batch %s: %d objects, %d signals, %d name fetches, skipped %s',
                 batch.version,
                 batch.objects,
                 len(batch.signals),
                 len(batch.pending),
-                dict(batch.skipped),
+                {k: n for k, n in batch.skipped.items() if n},
             )
 
     def _fetch_names(self, morefs: list[str]) -> NameFetch:
