@@ -90,7 +90,7 @@ class Watcher:
         *,
         endpoint: Endpoint | None = None,
         session: Session | None = None,
-        containers: Mapping[RefLike, Iterable[str]] | None = None,
+        containers: Mapping[MoRef, Iterable[str]] | Mapping[str, Iterable[str]] | None = None,
         decider: Decider | None = None,
         index: Index | None = None,
         settings: WatchSettings | None = None,

@@ -1,0 +1,188 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`vmwatch watch`: the watcher alone, no Kubernetes. One JSON line per signal on stdout.
+
+    vmwatch watch --server https://vc.example.com/sdk --user u --password-file pw \\
+        --ca-file vc-ca.pem --container Folder:group-v3
+
+Each line: namespace, name, moref, kind (enter/modify/leave), reason, changed (property paths). Without
+Kubernetes nothing is verified, so a VM signals when its extraConfig carries "namespace/name". Runs
+until SIGINT/SIGTERM (exit 0). A watcher that stops on its own (session or transport failure) exits 1
+with the reason on stderr; bad flags exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from vmwatch._vmwatch import Signal
+from vmwatch.settings import FilterSettings, SettingsError, WatchSettings, parse_bool
+from vmwatch.vsphere import Endpoint, MoRef, VsphereError
+from vmwatch.watcher import KIND_NAMES, Watcher
+
+__all__ = ['add_parser', 'run', 'signal_json']
+
+log = logging.getLogger('vmwatch.watch')
+
+OWNER_ID = 'vmwatch-watch'  # the owner ID of every container given on the command line
+
+
+def _env(name: str, default: str = '') -> str:
+    return os.environ.get(name, default)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `watch` on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        'watch',
+        help='watch vCenter containers and print one JSON line per VM to reconcile (no Kubernetes)',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument('--server', default=None, metavar='URL', help='vCenter SDK URL (env VMWATCH_VC_URL)')
+    p.add_argument('--user', default=None, help='vCenter user (env VMWATCH_VC_USER)')
+    p.add_argument(
+        '--password-file',
+        type=Path,
+        default=None,
+        metavar='FILE',
+        help='file holding the password, read on every login (env VMWATCH_VC_PASSWORD_FILE)',
+    )
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument('--ca-file', type=Path, default=None, metavar='FILE', help='CA bundle (env VMWATCH_VC_CA_FILE)')
+    tls.add_argument(
+        '--thumbprint', default=None, help='SHA-256 of the certificate, AA:BB:... (env VMWATCH_VC_THUMBPRINT)'
+    )
+    tls.add_argument(
+        '--insecure', action='store_true', default=None, help='skip TLS verification (env VMWATCH_VC_INSECURE)'
+    )
+    p.add_argument(
+        '--container',
+        action='append',
+        default=None,
+        metavar='TYPE:ID',
+        help='container to watch, e.g. Folder:group-v3; repeatable (env VMWATCH_CONTAINERS, comma-separated)',
+    )
+    p.add_argument(
+        '--max-wait-s',
+        type=int,
+        default=None,
+        help='WaitForUpdatesEx MaxWaitSeconds [s] (default 300; env VMWATCH_MAX_WAIT_S)',
+    )
+    p.add_argument(
+        '--max-object-updates',
+        type=int,
+        default=None,
+        help='WaitForUpdatesEx MaxObjectUpdates [objects] (default 100; env VMWATCH_MAX_OBJECT_UPDATES)',
+    )
+    p.add_argument(
+        '--ignore-key',
+        action='append',
+        default=None,
+        metavar='KEY',
+        help='extraConfig key to ignore on top of the defaults; repeatable (env VMWATCH_ADDITIONAL_IGNORED_KEYS)',
+    )
+    p.set_defaults(func=run)
+
+
+def _options(args: argparse.Namespace) -> tuple[Endpoint, dict[MoRef, list[str]], WatchSettings, FilterSettings]:
+    """Flags over VMWATCH_* variables; SettingsError (or ValueError from Endpoint) when unusable."""
+    url = args.server or _env('VMWATCH_VC_URL')
+    user = args.user or _env('VMWATCH_VC_USER')
+    password_file = args.password_file or (Path(p) if (p := _env('VMWATCH_VC_PASSWORD_FILE')) else None)
+    if not url or not user or password_file is None:
+        raise SettingsError(
+            '--server, --user and --password-file are required (or VMWATCH_VC_URL, _USER, _PASSWORD_FILE)'
+        )
+    tls_flags = args.ca_file is not None or args.thumbprint is not None or args.insecure is not None
+    ca_file = args.ca_file or (None if tls_flags else (Path(c) if (c := _env('VMWATCH_VC_CA_FILE')) else None))
+    thumbprint = args.thumbprint or (None if tls_flags else _env('VMWATCH_VC_THUMBPRINT') or None)
+    insecure = bool(args.insecure) or (
+        not tls_flags and parse_bool('VMWATCH_VC_INSECURE', _env('VMWATCH_VC_INSECURE', 'false'))
+    )
+    endpoint = Endpoint(
+        url=url, user=user, password_file=password_file, ca_file=ca_file, thumbprint=thumbprint, insecure=insecure
+    )
+    raw = args.container or [c for c in _env('VMWATCH_CONTAINERS').split(',') if c.strip()]
+    if not raw:
+        raise SettingsError('at least one --container TYPE:ID is required (or VMWATCH_CONTAINERS)')
+    containers = {MoRef.parse(c.strip()): [OWNER_ID] for c in raw}
+    try:
+        max_wait = args.max_wait_s if args.max_wait_s is not None else int(_env('VMWATCH_MAX_WAIT_S', '300'))
+        max_objects = (
+            args.max_object_updates
+            if args.max_object_updates is not None
+            else int(_env('VMWATCH_MAX_OBJECT_UPDATES', '100'))
+        )
+    except ValueError as e:
+        raise SettingsError(f'VMWATCH_MAX_WAIT_S / VMWATCH_MAX_OBJECT_UPDATES: {e}') from None
+    if max_wait < 1 or max_objects < 1:
+        raise SettingsError('--max-wait-s and --max-object-updates must be positive')
+    keys = args.ignore_key or [k for k in _env('VMWATCH_ADDITIONAL_IGNORED_KEYS').split(',') if k.strip()]
+    return (
+        endpoint,
+        containers,
+        WatchSettings(max_wait_s=max_wait, max_object_updates=max_objects),
+        FilterSettings(additional_ignored_keys=tuple(k.strip() for k in keys)),
+    )
+
+
+def signal_json(s: Signal) -> bytes:
+    """One output line (without the newline)."""
+    return orjson.dumps(
+        {
+            'namespace': s.namespace,
+            'name': s.name,
+            'moref': s.moref,
+            'kind': KIND_NAMES.get(s.kind, str(s.kind)),
+            'reason': s.reason,
+            'changed': list(s.changed),
+        }
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        endpoint, containers, settings, filter_settings = _options(args)
+    except (SettingsError, ValueError) as e:
+        print(f'vmwatch watch: {e}', file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_watch(endpoint, containers, settings, filter_settings))
+    except VsphereError as e:
+        print(f'vmwatch watch: {e}', file=sys.stderr)
+        return 1
+
+
+async def _watch(
+    endpoint: Endpoint, containers: dict[MoRef, list[str]], settings: WatchSettings, filter_settings: FilterSettings
+) -> int:
+    out = sys.stdout.buffer
+    loop = asyncio.get_running_loop()
+    async with Watcher(
+        endpoint=endpoint, containers=containers, settings=settings, filter_settings=filter_settings
+    ) as watcher:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(watcher.aclose()))
+        try:
+            async for s in watcher:
+                out.write(signal_json(s) + b'\n')
+                out.flush()
+        except BrokenPipeError:  # e.g. `vmwatch watch ... | head -1`
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail
+            return 0
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+    return 0
