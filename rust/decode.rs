@@ -114,6 +114,8 @@ fn memchr_colon(b: &[u8]) -> Option<usize> {
 
 struct Parser<'a, 'f> {
     reader: Reader<&'a [u8]>,
+    /// The whole body (the reader's own slice advances as it reads).
+    input: &'a [u8],
     filter: &'f Filter,
     opts: DecodeOptions,
     depth: usize,
@@ -138,6 +140,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         cfg.expand_empty_elements = false;
         Parser {
             reader,
+            input: body,
             filter,
             opts,
             depth: 0,
@@ -237,7 +240,7 @@ impl<'a, 'f> Parser<'a, 'f> {
 
     /// Re-borrow a slice of the input with the input's lifetime (attribute keys are sub-slices).
     fn borrow_input(&self, sub: &[u8]) -> Option<&'a [u8]> {
-        let input: &'a [u8] = self.reader.get_ref();
+        let input: &'a [u8] = self.input;
         let base = input.as_ptr() as usize;
         let p = sub.as_ptr() as usize;
         if p >= base && p + sub.len() <= base + input.len() {

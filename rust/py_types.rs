@@ -17,7 +17,11 @@ pub struct PyFault {
 #[pymethods]
 impl PyFault {
     fn __repr__(&self) -> String {
-        format!("Fault(fault_type={:?}, message={:?})", self.fault_type, self.message)
+        format!(
+            "Fault(fault_type={}, message={})",
+            py_str(&self.fault_type),
+            py_str(&self.message)
+        )
     }
 }
 
@@ -80,18 +84,32 @@ impl PySignal {
     fn __repr__(&self) -> String {
         let s = &self.0;
         format!(
-            "Signal(moref={:?}, kind={}, namespace={:?}, name={:?}, verified={}, deleting={}, priority={}, changed={:?}, reason={:?})",
-            s.moref,
+            "Signal(moref={}, kind={}, namespace={}, name={}, verified={}, deleting={}, priority={}, changed={}, reason={})",
+            py_str(&s.moref),
             s.kind,
-            s.namespace,
-            s.name,
+            py_str(&s.namespace),
+            py_str(&s.name),
             py_bool(s.verified),
             py_bool(s.deleting),
             s.priority,
-            s.changed,
-            s.reason.as_str()
+            py_strs(&s.changed),
+            py_str(s.reason.as_str())
         )
     }
+}
+
+/// Python-style repr of a str list, an optional str and a str.
+fn py_strs(v: &[String]) -> String {
+    let items: Vec<String> = v.iter().map(|s| py_str(s)).collect();
+    format!("({}{})", items.join(", "), if items.len() == 1 { "," } else { "" })
+}
+
+fn py_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn py_opt(s: &Option<String>) -> String {
+    s.as_deref().map_or_else(|| "None".to_owned(), py_str)
 }
 
 fn py_bool(b: bool) -> &'static str {
@@ -196,14 +214,14 @@ impl PyBatch {
     }
     fn __repr__(&self) -> String {
         format!(
-            "Batch(version={:?}, truncated={}, objects={}, changes={}, signals={}, pending={}, skipped={:?}, missing={})",
-            self.version,
+            "Batch(version={}, truncated={}, objects={}, changes={}, signals={}, pending={}, skipped={{{}}}, missing={})",
+            py_opt(&self.version),
             py_bool(self.truncated),
             self.objects,
             self.changes,
             self.signals.len(),
             self.pending.len(),
-            self.skipped,
+            self.skipped.iter().map(|(k, v)| format!("'{k}': {v}")).collect::<Vec<_>>().join(", "),
             self.missing.len()
         )
     }

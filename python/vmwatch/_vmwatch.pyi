@@ -26,10 +26,11 @@ class DecodeError(VmwatchError, ValueError):
     """
 
     offset: int
+    def __init__(self, message: str, offset: int = 0, errors: Iterable[dict[str, Any]] = ()) -> None: ...
     def errors(self) -> list[dict[str, Any]]:
         """One record per problem: {'type': slug, 'loc': (moref, path), 'msg': str, 'offset': int}."""
 
-class VmwatchInternalError(RuntimeError):
+class VmwatchInternalError(VmwatchError, RuntimeError):
     """A bug in vmwatch (for example a Rust panic that was caught): please report it."""
 
 @final
