@@ -158,8 +158,8 @@ class Watcher:
         self.version = ''
         """The version of the last processed update set ('' before the first)."""
         self.stats: Counter[str] = Counter()
-        """batches, heartbeats, objects, changes, signals, coalesced, name_fetches, name_fetch_vms, resyncs,
-        and skips by reason (skipped_<reason>)."""
+        """batches, heartbeats, truncated, objects, changes, signals, coalesced, name_fetches, name_fetch_vms,
+        resyncs, and skips by reason (skipped_<reason>)."""
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -530,6 +530,8 @@ class Watcher:
         st = self.stats
         if batch.version is None:
             st['heartbeats'] += 1
+        if batch.truncated:
+            st['truncated'] += 1
         st['objects'] += batch.objects
         st['changes'] += batch.changes
         for reason, n in batch.skipped.items():
