@@ -361,9 +361,10 @@ class Watcher:
     async def sync(self, *, timeout_s: float = 30.0) -> None:
         """Wait until every change vCenter had queued for this watcher when called was processed.
 
-        The in-flight long poll is cancelled and replaced by zero-wait polls until vCenter returns
-        nothing: then each change made before this call has been decided and its signal, if any, is in
-        the hand-off. For negative assertions without sleeping. Raises the watcher's error if it stopped.
+        The in-flight long poll is cancelled and replaced by a zero-wait poll (and the pages that follow
+        it): once that is processed, each change made before this call has been decided and its signal,
+        if any, is in the hand-off. Changes made meanwhile may or may not be included. For negative
+        assertions without sleeping. Raises the watcher's error if it stopped.
         """
         self._flush_requested += 1
         target = self._flush_requested
@@ -502,7 +503,8 @@ class Watcher:
             await self._process(outcome)
             self.version = version
             self.stats['batches'] += 1
-            if flushing and not outcome.truncated and (outcome.version is None or outcome.objects == 0):
+            if flushing and not outcome.truncated:
+                # a zero-wait poll issued after sync() was called returned every change queued before it
                 self._flush_done = target
             self._made_progress()
 
