@@ -101,7 +101,9 @@ def translate(exc: BaseException, *, call: str) -> BaseException:
         message = getattr(exc, 'msg', None) or ''
         return fault_error(fault, message if isinstance(message, str) else '', call=call)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return CertificateError(f'{call}: TLS certificate verification failed: {exc.verify_message or exc}')
+        return CertificateError(
+            f'{call}: TLS certificate verification failed: {getattr(exc, "verify_message", None) or exc}'
+        )
     if isinstance(exc, ssl.SSLError):
         return TransportError(f'{call}: TLS error: {exc}')
     if isinstance(exc, TimeoutError):
