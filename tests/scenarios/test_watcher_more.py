@@ -80,7 +80,12 @@ async def test_max_object_updates_3_with_50_vms_changing_at_once_loses_nothing(
     assert len(names) == 50
     index = verified_index(names)  # entering scope verified: no signals at start
     settings = WatchSettings(max_wait_s=60, max_object_updates=3)
-    async with Watcher(endpoint=sim.endpoint, containers={root(sim): ['t']}, index=index, settings=settings) as w:
+    # vcsim re-collects the whole filter for every queued update (tasks included): with the 31 default paths
+    # this burst takes it ~25 s to answer on 2 cores, with two paths ~1.5 s. Paging does not care which.
+    fs = FilterSettings(watched_paths=('config.extraConfig', 'summary.runtime.powerState'))
+    async with Watcher(
+        endpoint=sim.endpoint, containers={root(sim): ['t']}, index=index, settings=settings, filter_settings=fs
+    ) as w:
         await nothing_more(w)
         assert w.stats['skipped_verified_enter'] == 50
         assert w.stats['truncated'] >= 50 // 3  # the initial 50 enters came in pages of 3
@@ -275,13 +280,15 @@ async def test_a_logout_is_noticed_by_the_keepalive(vcsim: VcsimServer) -> None:
     session = Session(sim.endpoint)
     await asyncio.to_thread(session.login)
     c1 = MoRef('ClusterComputeResource', sim.clusters[0]._moId)
-    settings = WatchSettings(max_wait_s=120)
+    # vcsim keeps the orphaned wait until MaxWaitSeconds (and its shutdown waits for it): keep that short
+    settings = WatchSettings(max_wait_s=6)
     async with Watcher(session=session, containers={c1: ['id-0']}, keepalive_s=0.5, settings=settings) as w:
         await nothing_more(w)
+        await w.sync()  # a fresh long wait is in flight now
         await asyncio.to_thread(session.content.sessionManager.Logout)
         started = time.monotonic()
         async with asyncio.timeout(20):
             error = await w.wait_closed()
         assert isinstance(error, NotAuthenticatedError)
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 4  # the keep-alive, not the end of the 6 s wait
     await asyncio.to_thread(sim.close)
