@@ -307,11 +307,15 @@ class Session:
         stub = SoapStubAdapter(**kwargs)
         if ep.tls:
             stub.scheme = self._conn_class  # verify the pin on every pooled connection
-        content = self.call(
-            f'{ep.display_url}: RetrieveServiceContent', vim.ServiceInstance('ServiceInstance', stub).RetrieveContent
-        )
         try:
+            content = self.call(
+                f'{ep.display_url}: RetrieveServiceContent',
+                vim.ServiceInstance('ServiceInstance', stub).RetrieveContent,
+            )
             self.call(f'{ep.display_url}: Login as {ep.user!r}', content.sessionManager.Login, ep.user, password)
+        except BaseException:
+            stub.DropConnections()  # a failed login must not leave its pooled socket behind
+            raise
         finally:
             del password
         with self._lock:
