@@ -26,8 +26,9 @@ import orjson
 
 from vmwatch._vmwatch import Signal
 from vmwatch.settings import FilterSettings, SettingsError, WatchSettings, parse_bool
+from vmwatch.types import Kind
 from vmwatch.vsphere import Endpoint, MoRef, VsphereError
-from vmwatch.watcher import KIND_NAMES, Watcher
+from vmwatch.watcher import Watcher
 
 __all__ = ['add_parser', 'run', 'signal_json']
 
@@ -143,7 +144,7 @@ def signal_json(s: Signal) -> bytes:
             'namespace': s.namespace,
             'name': s.name,
             'moref': s.moref,
-            'kind': KIND_NAMES.get(s.kind, str(s.kind)),
+            'kind': Kind(s.kind).label,
             'reason': s.reason,
             'changed': list(s.changed),
         }

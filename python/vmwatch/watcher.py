@@ -24,9 +24,6 @@ from types import TracebackType
 from typing import Self
 
 from vmwatch._vmwatch import (
-    KIND_ENTER,
-    KIND_LEAVE,
-    KIND_MODIFY,
     Batch,
     Decider,
     DecodeError,
@@ -53,11 +50,9 @@ from vmwatch.vsphere import (
 )
 from vmwatch.vsphere.errors import fault_error
 
-__all__ = ['KIND_NAMES', 'AsyncSignalDisabledError', 'NoWatcherError', 'Watcher', 'WatcherSlot']
+__all__ = ['AsyncSignalDisabledError', 'NoWatcherError', 'Watcher', 'WatcherSlot']
 
 log = logging.getLogger('vmwatch.watcher')
-
-KIND_NAMES = {KIND_ENTER: 'enter', KIND_MODIFY: 'modify', KIND_LEAVE: 'leave'}
 
 
 class NoWatcherError(VmwatchError):
