@@ -73,7 +73,7 @@ class Session:
     def close(self) -> None:
         Disconnect(self.si)
 
-    def post(self, body: str, *, cookie: bool = True, timeout_s: float = 600.0) -> bytes:
+    def post(self, body: str, *, cookie: bool = True, timeout_s: float = 300.0) -> bytes:
         conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=timeout_s)
         headers = {'Content-Type': 'text/xml; charset=utf-8', 'SOAPAction': self.soap_action}
         if cookie:
@@ -256,6 +256,7 @@ def big_extra_config(i: int, keys: int) -> dict[str, str]:
 
 def splice(pages: Sequence[bytes]) -> bytes:
     """One envelope holding every page's objectSets (pages come from one filter)."""
+    pages = [p for p in pages if b'<objectSet>' in p]
     first = pages[0]
     head_end = first.index(b'<objectSet>')
     tail_start = first.rindex(b'</objectSet>') + len(b'</objectSet>')
@@ -272,8 +273,8 @@ def splice(pages: Sequence[bytes]) -> bytes:
 def sync_pages(s: Session, pc: Any) -> list[bytes]:
     pages = [s.wait(pc, '')]
     while b'<truncated>true</truncated>' in pages[-1]:
-        pages.append(s.wait(pc, version_of(pages[-1])))
-    return pages
+        pages.append(s.wait(pc, version_of(pages[-1]), max_wait_s=5))
+    return [p for p in pages if b'<objectSet>' in p]
 
 
 def run_parallel(fn: Callable[[Any], None], items: Sequence[Any], workers: int = 8) -> None:
@@ -281,65 +282,98 @@ def run_parallel(fn: Callable[[Any], None], items: Sequence[Any], workers: int =
         list(ex.map(fn, items))
 
 
-def capture_bench(out: Path, *, clusters: int, vms_per_pool: int, extra_keys: int) -> None:
-    """Benchmark payloads: initial sync (plain and with big extraConfig), extraConfig and power batches."""
+def capture_bench(out: Path, *, clusters: int, vms_per_pool: int, extra_keys: int, parts: Sequence[str]) -> None:
+    """Benchmark payloads: initial syncs (plain, big extraConfig) and 100-VM change batches."""
     out.mkdir(parents=True, exist_ok=True)
-    index: dict[str, Any] = {}
-    args = [
-        '-cluster',
-        str(clusters),
-        '-host',
-        '2',
-        '-standalone-host',
-        '0',
-        '-vm',
-        str(vms_per_pool),
-        '-autostart=false',
-    ]
-    with vcsim(args) as server:
+    index_path = out / 'captures.json'
+    index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.exists() else {}
+    written: list[str] = []
+    if 'initial' in parts:
+        written += capture_initial(out, index, clusters=clusters, vms_per_pool=vms_per_pool, extra_keys=extra_keys)
+    if 'batches' in parts:
+        written += capture_batches(out, index, extra_keys=extra_keys)
+    for name in written:
+        raw = (out / name).read_bytes()
+        gz = gzip.compress(raw, 9)
+        (out / name).unlink()
+        (out / (name + '.gz')).write_bytes(gz)
+        index[name + '.gz'] = {**index.pop(name), 'gz_bytes': len(gz)}
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + '\n')
+
+
+def capture_initial(
+    out: Path, index: dict[str, Any], *, clusters: int, vms_per_pool: int, extra_keys: int
+) -> list[str]:
+    args = ['-cluster', str(clusters), '-host', '2', '-standalone-host', '0', '-vm', str(vms_per_pool)]
+    names = []
+    with vcsim([*args, '-autostart=false']) as server:
         s = Session(server)
         try:
             vms = s.vms()
             n = len(vms)
             pc = create_watch(s, s.clusters())
             pages = sync_pages(s, pc)
-            body = splice(pages)
-            write(out, f'initial-sync-{n}.xml', body, index, f'{n} VMs, default paths, spliced from {len(pages)} pages')
+            name = f'initial-sync-{n}.xml'
+            write(out, name, splice(pages), index, f'{n} VMs, default paths, spliced from {len(pages)} pages')
+            names.append(name)
+            pc.Destroy()
             run_parallel(lambda iv: reconfig(iv[1], big_extra_config(iv[0], extra_keys)), list(enumerate(vms)))
-            pc2 = create_watch(s, s.clusters())
-            pages = sync_pages(s, pc2)
-            body = splice(pages)
-            write(
-                out,
-                f'initial-sync-{n}-extraconfig.xml',
-                body,
-                index,
-                f'{n} VMs with ~{extra_keys + 3} extraConfig keys each',
-            )
-            version = version_of(pages[-1])
-            batch = vms[:100]
-            run_parallel(
-                lambda vm: reconfig(vm, {'guestinfo.app.setting000': 'changed', 'guestinfo.ip': '10.0.0.1'}), batch
-            )
-            body = wait_changes(s, pc2, version, settle_s=1.0)
-            write(out, 'extraconfig-modify-100.xml', body, index, '100 VMs: two extraConfig keys changed')
-            version = version_of(body) or version
-            run_parallel(lambda vm: WaitForTask(vm.PowerOnVM_Task()), batch)
-            body = wait_changes(s, pc2, version, settle_s=1.0)
-            write(out, 'power-on-100.xml', body, index, '100 VMs powered on')
-            version = version_of(body) or version
-            run_parallel(lambda vm: WaitForTask(vm.PowerOffVM_Task()), batch)
-            body = wait_changes(s, pc2, version, settle_s=1.0)
-            write(out, 'power-off-100.xml', body, index, '100 VMs powered off')
+            pc = create_watch(s, s.clusters())
+            pages = sync_pages(s, pc)
+            name = f'initial-sync-{n}-extraconfig.xml'
+            write(out, name, splice(pages), index, f'{n} VMs with {extra_keys + 3} extraConfig keys each')
+            names.append(name)
         finally:
             s.close()
-    for name in list(index):
-        raw = (out / name).read_bytes()
-        gz = gzip.compress(raw, 9)
-        (out / name).unlink()
-        (out / (name + '.gz')).write_bytes(gz)
-        index[name + '.gz'] = {**index.pop(name), 'gz_bytes': len(gz)}
-    (out / 'captures.json').write_text(json.dumps(index, indent=2, sort_keys=True) + '\n')
+    return names
+
+
+def capture_batches(out: Path, index: dict[str, Any], *, extra_keys: int) -> list[str]:
+    """100 VMs with big extraConfig: one batch each of extraConfig edits, power on, power off."""
+    names = []
+    with vcsim(['-cluster', '1', '-host', '2', '-standalone-host', '0', '-vm', '100', '-autostart=false']) as server:
+        s = Session(server)
+        try:
+            vms = s.vms()
+            run_parallel(lambda iv: reconfig(iv[1], big_extra_config(iv[0], extra_keys)), list(enumerate(vms)))
+            pc = create_watch(s, s.clusters())
+            pages = sync_pages(s, pc)
+            version = version_of(s.wait(pc, version_of(pages[-1]), max_wait_s=1)) or version_of(pages[-1])
+            steps: list[tuple[str, Callable[[Any], None], str]] = [
+                (
+                    'extraconfig-modify-100.xml',
+                    lambda vm: reconfig(vm, {'guestinfo.app.setting000': 'changed', 'guestinfo.ip': '10.0.0.1'}),
+                    '100 VMs: two extraConfig keys changed',
+                ),
+                ('power-on-100.xml', lambda vm: WaitForTask(vm.PowerOnVM_Task()), '100 VMs powered on'),
+                ('power-off-100.xml', lambda vm: WaitForTask(vm.PowerOffVM_Task()), '100 VMs powered off'),
+            ]
+            for name, action, note in steps:
+                # sequential: concurrent tasks while a filter is active can wedge vcsim's collector
+                for vm in vms:
+                    action(vm)
+                pages = collect_changes(s, pc, version, len(vms))
+                body = splice(pages)
+                write(out, name, body, index, note + f' ({len(pages)} responses spliced)')
+                names.append(name)
+                version = version_of(pages[-1]) or version
+        finally:
+            s.close()
+    return names
+
+
+def collect_changes(s: Session, pc: Any, version: str, objects: int, deadline_s: float = 60.0) -> list[bytes]:
+    """Responses until `objects` object updates arrived (vcsim spreads them over several)."""
+    pages: list[bytes] = []
+    seen = 0
+    deadline = time.monotonic() + deadline_s
+    while seen < objects and time.monotonic() < deadline:
+        body = s.wait(pc, version, max_wait_s=2)
+        version = version_of(body) or version
+        if b'<objectSet>' in body:
+            pages.append(body)
+            seen += body.count(b'<objectSet>')
+    return pages
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -349,11 +383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument('--clusters', type=int, default=4)
     ap.add_argument('--vms-per-pool', type=int, default=500)
     ap.add_argument('--extra-keys', type=int, default=40)
+    ap.add_argument('--parts', default='initial,batches', help='bench: comma-separated parts to capture')
     a = ap.parse_args(argv)
     if a.scenario == 'tests-data':
         capture_tests(a.out)
     else:
-        capture_bench(a.out, clusters=a.clusters, vms_per_pool=a.vms_per_pool, extra_keys=a.extra_keys)
+        parts = a.parts.split(',')
+        capture_bench(a.out, clusters=a.clusters, vms_per_pool=a.vms_per_pool, extra_keys=a.extra_keys, parts=parts)
     return 0
 
 

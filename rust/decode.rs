@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Decoder of raw `WaitForUpdatesExResponse` SOAP bodies (and SOAP faults).
 //!
-//! One pass over the bytes with quick-xml's borrowing reader; property values are not
+//! One pass over the bytes with a zero-copy tokenizer (xml.rs); property values are not
 //! materialised but streamed into [`ValueEncoder`] and reduced to fingerprints on the spot.
 //! Element and attribute names are matched by local name, so any namespace prefix works;
 //! `xsi:` is recognised by its namespace URI (declared anywhere) or, undeclared, by the usual
@@ -11,8 +11,9 @@
 use crate::errors::{DecodeErrorInfo, Result, VmwatchError};
 use crate::filter::{keyed_extra_config_key, Filter, DEVICE_PATH, EXTRA_CONFIG_PATH};
 use crate::value::ValueEncoder;
-use quick_xml::events::{BytesRef, BytesStart, Event};
-use quick_xml::Reader;
+use crate::xml::{unescape_into, Attrs as RawAttrs, Tok, Tokenizer};
+use memchr::memmem;
+use std::sync::LazyLock;
 
 // Change kinds. Must match vmwatch.types.Kind and the KIND_* constants of vmwatch._vmwatch.
 pub const KIND_ENTER: u8 = 0;
@@ -24,6 +25,8 @@ pub const KIND_LEAVE: u8 = 2;
 pub const MAX_DEPTH: usize = 256;
 
 const XSI_NS: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
+
+static XMLNS_FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"xmlns:"));
 
 /// A SOAP fault returned instead of a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +90,7 @@ pub struct DecodeOptions {
 
 /// Decode one body.
 pub fn decode(body: &[u8], filter: &Filter, opts: DecodeOptions) -> Result<Decoded> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     let mut p = Parser::new(body, filter, opts);
     p.document().map_err(|e| p.locate(e))
 }
@@ -100,6 +104,13 @@ struct Attrs<'a> {
     mo_type: &'a [u8],
 }
 
+/// A start tag.
+#[derive(Clone, Copy)]
+struct Elem<'a> {
+    name: &'a [u8],
+    attrs: &'a [u8],
+}
+
 fn local(name: &[u8]) -> &[u8] {
     match memchr_colon(name) {
         Some(i) => &name[i + 1..],
@@ -109,45 +120,40 @@ fn local(name: &[u8]) -> &[u8] {
 
 #[inline]
 fn memchr_colon(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b':')
+    memchr::memchr(b':', b)
+}
+
+#[inline]
+fn all_space(t: &[u8]) -> bool {
+    t.iter().all(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
 struct Parser<'a, 'f> {
-    reader: Reader<&'a [u8]>,
-    /// The whole body (the reader's own slice advances as it reads).
-    input: &'a [u8],
+    tok: Tokenizer<'a>,
     filter: &'f Filter,
     opts: DecodeOptions,
-    depth: usize,
     last_pos: u64,
     /// Prefixes bound to the XSI namespace, with the depth of their declaration.
     xsi_prefixes: Vec<(&'a [u8], usize)>,
     pop_after_empty: bool,
     text: Vec<u8>,
+    refbuf: Vec<u8>,
     enc: ValueEncoder,
     cur_moref: Option<String>,
     cur_path: Option<String>,
 }
 
-type Ev<'a> = Event<'a>;
-
 impl<'a, 'f> Parser<'a, 'f> {
     fn new(body: &'a [u8], filter: &'f Filter, opts: DecodeOptions) -> Self {
-        let mut reader = Reader::from_reader(body);
-        let cfg = reader.config_mut();
-        cfg.trim_text(false);
-        cfg.check_end_names = true;
-        cfg.expand_empty_elements = false;
         Parser {
-            reader,
-            input: body,
+            tok: Tokenizer::new(body, MAX_DEPTH),
             filter,
             opts,
-            depth: 0,
             last_pos: 0,
             xsi_prefixes: Vec::new(),
             pop_after_empty: false,
             text: Vec::new(),
+            refbuf: Vec::new(),
             enc: ValueEncoder::new(),
             cur_moref: None,
             cur_path: None,
@@ -173,81 +179,45 @@ impl<'a, 'f> Parser<'a, 'f> {
         }
     }
 
-    /// Next markup or text event; comments, PIs and the XML declaration are skipped, DTDs refused.
-    /// Tracks depth for Start/End (an Empty element does not change it).
-    fn next(&mut self) -> Result<Ev<'a>> {
+    fn depth(&self) -> usize {
+        self.tok.depth()
+    }
+
+    /// Next token; tracks `xmlns:` declarations of the XSI namespace.
+    #[inline]
+    fn next(&mut self) -> Result<Tok<'a>> {
         if self.pop_after_empty {
             self.pop_after_empty = false;
-            self.pop_xmlns(self.depth + 1);
+            self.pop_xmlns(self.depth() + 1);
         }
-        loop {
-            self.last_pos = self.reader.buffer_position();
-            let ev = match self.reader.read_event() {
-                Ok(ev) => ev,
-                Err(e) => {
-                    let pos = self.reader.error_position();
-                    return Err(VmwatchError::decode("xml_syntax", format!("malformed XML: {e}"), pos));
-                }
-            };
-            match ev {
-                Event::Comment(_) | Event::PI(_) | Event::Decl(_) => continue,
-                Event::DocType(_) => {
-                    return Err(self.err("dtd_forbidden", "DTDs and entity declarations are not accepted"));
-                }
-                Event::Start(ref s) => {
-                    self.depth += 1;
-                    if self.depth > MAX_DEPTH {
-                        return Err(self.err("too_deep", format!("elements nested deeper than {MAX_DEPTH}")));
-                    }
-                    self.scan_xmlns(s, false);
-                }
-                Event::Empty(ref s) => {
-                    if self.depth + 1 > MAX_DEPTH {
-                        return Err(self.err("too_deep", format!("elements nested deeper than {MAX_DEPTH}")));
-                    }
-                    self.scan_xmlns(s, true);
-                    // an empty element's declarations end with it (popped at the next event)
-                    self.pop_after_empty = true;
-                }
-                Event::End(_) => {
-                    self.pop_xmlns(self.depth);
-                    self.depth = self.depth.saturating_sub(1);
-                }
-                _ => {}
+        self.last_pos = self.tok.pos() as u64;
+        let t = self
+            .tok
+            .next_tok()
+            .map_err(|e| VmwatchError::decode(e.kind, e.msg, e.offset))?;
+        match t {
+            Tok::Start { attrs, empty, .. } if attrs.len() > 6 && XMLNS_FINDER.find(attrs).is_some() => {
+                // declarations of a non-empty element live at its (new) depth
+                let depth = self.depth() + usize::from(empty);
+                self.scan_xmlns(attrs, depth)?;
+                self.pop_after_empty = empty;
             }
-            return Ok(ev);
+            Tok::End { .. } => self.pop_xmlns(self.depth() + 1),
+            _ => {}
         }
+        Ok(t)
     }
 
-    fn scan_xmlns(&mut self, s: &BytesStart<'a>, empty: bool) {
-        let raw = s.attributes_raw();
-        if raw.len() < 6 || !raw.windows(6).any(|w| w == b"xmlns:") {
-            return;
-        }
-        let depth = self.depth + usize::from(empty);
-        for a in s.attributes().with_checks(false).flatten() {
-            let key = a.key.as_ref();
+    fn scan_xmlns(&mut self, attrs: &'a [u8], depth: usize) -> Result<()> {
+        for a in RawAttrs::new(attrs) {
+            let (key, value) = a.map_err(|_| self.err("xml_syntax", "malformed attribute"))?;
             if let Some(prefix) = key.strip_prefix(b"xmlns:") {
-                if a.value.as_ref() == XSI_NS {
-                    // borrow the prefix from the input slice (attributes borrow from it)
-                    if let Some(p) = self.borrow_input(prefix) {
-                        self.xsi_prefixes.push((p, depth));
-                    }
+                if value == XSI_NS {
+                    self.xsi_prefixes.push((prefix, depth));
                 }
             }
         }
-    }
-
-    /// Re-borrow a slice of the input with the input's lifetime (attribute keys are sub-slices).
-    fn borrow_input(&self, sub: &[u8]) -> Option<&'a [u8]> {
-        let input: &'a [u8] = self.input;
-        let base = input.as_ptr() as usize;
-        let p = sub.as_ptr() as usize;
-        if p >= base && p + sub.len() <= base + input.len() {
-            Some(&input[p - base..p - base + sub.len()])
-        } else {
-            None
-        }
+        Ok(())
     }
 
     fn pop_xmlns(&mut self, depth: usize) {
@@ -267,17 +237,13 @@ impl<'a, 'f> Parser<'a, 'f> {
         self.xsi_prefixes.iter().any(|(p, _)| *p == prefix)
     }
 
-    fn attrs<'s>(&self, s: &'s BytesStart<'a>) -> Attrs<'s> {
+    fn attrs(&self, e: Elem<'a>) -> Result<Attrs<'a>> {
         let mut out = Attrs::default();
-        if s.attributes_raw().is_empty() {
-            return out;
+        if e.attrs.is_empty() {
+            return Ok(out);
         }
-        for a in s.attributes().with_checks(false).flatten() {
-            let key = a.key.as_ref();
-            let value: &'s [u8] = match a.value {
-                std::borrow::Cow::Borrowed(v) => v,
-                std::borrow::Cow::Owned(_) => continue,
-            };
+        for a in RawAttrs::new(e.attrs) {
+            let (key, value) = a.map_err(|_| self.err("xml_syntax", "malformed attribute"))?;
             match memchr_colon(key) {
                 Some(i) => {
                     let (prefix, name) = (&key[..i], &key[i + 1..]);
@@ -297,84 +263,72 @@ impl<'a, 'f> Parser<'a, 'f> {
                 }
             }
         }
+        Ok(out)
+    }
+
+    fn unescape(&self, raw: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        unescape_into(raw, out).map_err(|(off, msg)| {
+            let kind = if msg == "undeclared entity" {
+                "unknown_entity"
+            } else {
+                "xml_syntax"
+            };
+            VmwatchError::decode(kind, msg, self.last_pos + off as u64)
+        })
+    }
+
+    /// Skip the rest of an element whose start tag was just read.
+    fn skip(&mut self) -> Result<()> {
+        let target = self.depth() - 1;
+        loop {
+            match self.next()? {
+                Tok::End { .. } if self.depth() == target => return Ok(()),
+                Tok::Text(t) if memchr::memchr(b'&', t).is_some() => {
+                    let mut sink = std::mem::take(&mut self.refbuf);
+                    sink.clear();
+                    let r = self.unescape(t, &mut sink);
+                    self.refbuf = sink;
+                    r?;
+                }
+                Tok::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
+                _ => {}
+            }
+        }
+    }
+
+    /// Text content of a leaf element whose start tag was just read (entities resolved, CDATA merged).
+    fn read_text(&mut self) -> Result<String> {
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        let r = self.read_text_into(&mut text);
+        let out = r.and_then(|()| match std::str::from_utf8(&text) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(_) => Err(self.err("not_utf8", "text is not valid UTF-8")),
+        });
+        self.text = text;
         out
     }
 
-    fn resolve_ref(&self, r: &BytesRef<'_>, out: &mut Vec<u8>) -> Result<()> {
-        if r.is_char_ref() {
-            match r.resolve_char_ref() {
-                Ok(Some(c)) => {
-                    let mut tmp = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
-                    Ok(())
-                }
-                _ => Err(self.err("unknown_entity", "invalid character reference")),
-            }
-        } else {
-            let s: &[u8] = match r.as_ref() {
-                b"amp" => b"&",
-                b"lt" => b"<",
-                b"gt" => b">",
-                b"quot" => b"\"",
-                b"apos" => b"'",
-                other => {
-                    return Err(self.err(
-                        "unknown_entity",
-                        format!("undeclared entity &{};", String::from_utf8_lossy(other)),
-                    ))
-                }
-            };
-            out.extend_from_slice(s);
-            Ok(())
-        }
-    }
-
-    /// Skip the rest of an element whose Start was just read.
-    fn skip(&mut self) -> Result<()> {
-        let target = self.depth - 1;
+    fn read_text_into(&mut self, text: &mut Vec<u8>) -> Result<()> {
         loop {
             match self.next()? {
-                Event::End(_) if self.depth == target => return Ok(()),
-                Event::GeneralRef(r) => {
-                    let mut sink = Vec::new();
-                    self.resolve_ref(&r, &mut sink)?;
+                Tok::Text(t) => {
+                    if memchr::memchr(b'&', t).is_some() {
+                        self.unescape(t, text)?;
+                    } else {
+                        text.extend_from_slice(t);
+                    }
                 }
-                Event::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
-                _ => {}
-            }
-        }
-    }
-
-    /// Text content of a leaf element whose Start was just read (entities resolved, CDATA merged).
-    fn read_text(&mut self) -> Result<String> {
-        self.text.clear();
-        loop {
-            match self.next()? {
-                Event::Text(t) => self.text.extend_from_slice(&t),
-                Event::CData(t) => self.text.extend_from_slice(&t),
-                Event::GeneralRef(r) => {
-                    let mut buf = std::mem::take(&mut self.text);
-                    let res = self.resolve_ref(&r, &mut buf);
-                    self.text = buf;
-                    res?;
-                }
-                Event::End(_) => break,
-                Event::Start(s) | Event::Empty(s) => {
+                Tok::CData(t) => text.extend_from_slice(t),
+                Tok::End { .. } => return Ok(()),
+                Tok::Start { name, .. } => {
                     return Err(self.err(
                         "unexpected_element",
-                        format!(
-                            "unexpected element <{}> in text",
-                            String::from_utf8_lossy(s.name().as_ref())
-                        ),
+                        format!("unexpected element <{}> in text", String::from_utf8_lossy(name)),
                     ))
                 }
-                Event::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
-                _ => {}
+                Tok::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
             }
-        }
-        match std::str::from_utf8(&self.text) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(_) => Err(self.err("not_utf8", "text is not valid UTF-8")),
         }
     }
 
@@ -386,28 +340,24 @@ impl<'a, 'f> Parser<'a, 'f> {
         }
     }
 
-    /// Iterate children of the current element: calls `f(parser, start, is_empty)` for each child
+    /// Iterate children of the current element: calls `f(parser, elem, is_empty)` for each child
     /// element; `f` must consume the child (via read_text/skip/...) when it is not empty.
     fn children<F>(&mut self, mut f: F) -> Result<()>
     where
-        F: FnMut(&mut Self, BytesStart<'a>, bool) -> Result<()>,
+        F: FnMut(&mut Self, Elem<'a>, bool) -> Result<()>,
     {
-        let target = self.depth - 1;
+        let target = self.depth() - 1;
         loop {
             match self.next()? {
-                Event::Start(s) => f(self, s, false)?,
-                Event::Empty(s) => f(self, s, true)?,
-                Event::End(_) if self.depth == target => return Ok(()),
-                Event::End(_) => return Err(self.err("xml_syntax", "unbalanced end tag")),
-                Event::Text(t) if !t.iter().all(|c| c.is_ascii_whitespace()) => {
+                Tok::Start { name, attrs, empty } => f(self, Elem { name, attrs }, empty)?,
+                Tok::End { .. } if self.depth() == target => return Ok(()),
+                Tok::End { .. } => return Err(self.err("xml_syntax", "unbalanced end tag")),
+                Tok::Text(t) if !all_space(t) => {
                     return Err(self.err("unexpected_element", "unexpected text between elements"));
                 }
-                Event::CData(_) => return Err(self.err("unexpected_element", "unexpected CDATA between elements")),
-                Event::GeneralRef(_) => {
-                    return Err(self.err("unexpected_element", "unexpected entity between elements"))
-                }
-                Event::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
-                _ => {}
+                Tok::CData(_) => return Err(self.err("unexpected_element", "unexpected CDATA between elements")),
+                Tok::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
+                Tok::Text(_) => {}
             }
         }
     }
@@ -416,22 +366,21 @@ impl<'a, 'f> Parser<'a, 'f> {
         // <Envelope>
         let env = loop {
             match self.next()? {
-                Event::Start(s) => break s,
-                Event::Text(t) if t.iter().all(|c| c.is_ascii_whitespace()) => continue,
-                Event::Eof => return Err(self.err("not_soap", "empty document: no SOAP envelope")),
+                Tok::Start { name, attrs, empty } => break (Elem { name, attrs }, empty),
+                Tok::Text(t) if all_space(t) => continue,
+                Tok::Eof => return Err(self.err("not_soap", "empty document: no SOAP envelope")),
                 _ => return Err(self.err("not_soap", "expected a SOAP envelope")),
             }
         };
-        if local(env.name().as_ref()) != b"Envelope" {
+        if local(env.0.name) != b"Envelope" || env.1 {
             return Err(self.err("not_soap", "root element is not a SOAP Envelope"));
         }
         let mut out: Option<Decoded> = None;
         self.children(|p, s, empty| {
-            match local(s.name().as_ref()) {
+            match local(s.name) {
                 b"Body" if !empty => {
                     p.children(|p, s, empty| {
-                        let qname = s.name();
-                        let name = local(qname.as_ref());
+                        let name = local(s.name);
                         match name {
                             b"Fault" => {
                                 out = Some(Decoded::Fault(if empty { p.empty_fault() } else { p.fault()? }));
@@ -461,8 +410,8 @@ impl<'a, 'f> Parser<'a, 'f> {
         // trailing content
         loop {
             match self.next()? {
-                Event::Eof => break,
-                Event::Text(t) if t.iter().all(|c| c.is_ascii_whitespace()) => {}
+                Tok::Eof => break,
+                Tok::Text(t) if all_space(t) => {}
                 _ => return Err(self.err("xml_syntax", "content after the SOAP envelope")),
             }
         }
@@ -481,18 +430,17 @@ impl<'a, 'f> Parser<'a, 'f> {
         let mut message = String::new();
         let mut detail_type = String::new();
         self.children(|p, s, empty| {
-            match local(s.name().as_ref()) {
+            match local(s.name) {
                 b"faultcode" => code = p.leaf_text(empty)?,
                 b"faultstring" => message = p.leaf_text(empty)?,
                 b"detail" if !empty => {
                     p.children(|p, s, empty| {
                         if detail_type.is_empty() {
-                            let a = p.attrs(&s);
+                            let a = p.attrs(s)?;
                             detail_type = if !a.xsi_type.is_empty() {
                                 String::from_utf8_lossy(a.xsi_type).into_owned()
                             } else {
-                                let qname = s.name();
-                                let n = local(qname.as_ref());
+                                let n = local(s.name);
                                 let t = n.strip_suffix(b"Fault").filter(|x| !x.is_empty()).unwrap_or(n);
                                 String::from_utf8_lossy(t).into_owned()
                             };
@@ -519,7 +467,7 @@ impl<'a, 'f> Parser<'a, 'f> {
     fn response(&mut self) -> Result<UpdateSet> {
         let mut set = UpdateSet::default();
         self.children(|p, s, empty| {
-            if local(s.name().as_ref()) == b"returnval" {
+            if local(s.name) == b"returnval" {
                 set.version = Some(String::new());
                 if !empty {
                     p.update_set(&mut set)?;
@@ -534,7 +482,7 @@ impl<'a, 'f> Parser<'a, 'f> {
 
     fn update_set(&mut self, set: &mut UpdateSet) -> Result<()> {
         self.children(|p, s, empty| {
-            match local(s.name().as_ref()) {
+            match local(s.name) {
                 b"version" => set.version = Some(p.leaf_text(empty)?),
                 b"truncated" => set.truncated = p.boolean(empty)?,
                 b"filterSet" if !empty => p.filter_update(set)?,
@@ -543,6 +491,23 @@ impl<'a, 'f> Parser<'a, 'f> {
             }
             Ok(())
         })
+    }
+
+    /// A change's `op`: true when it removes the value.
+    fn op(&mut self, empty: bool) -> Result<bool> {
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        let r = if empty { Ok(()) } else { self.read_text_into(&mut text) };
+        let out = r.and_then(|()| match text.trim_ascii() {
+            b"add" | b"assign" | b"" => Ok(false),
+            b"remove" | b"indirectRemove" => Ok(true),
+            other => Err(self.err(
+                "invalid_value",
+                format!("invalid change op {:?}", String::from_utf8_lossy(other)),
+            )),
+        });
+        self.text = text;
+        out
     }
 
     fn boolean(&mut self, empty: bool) -> Result<bool> {
@@ -556,7 +521,7 @@ impl<'a, 'f> Parser<'a, 'f> {
 
     fn filter_update(&mut self, set: &mut UpdateSet) -> Result<()> {
         self.children(|p, s, empty| {
-            match local(s.name().as_ref()) {
+            match local(s.name) {
                 b"objectSet" if !empty => {
                     let obj = p.object_update(&mut set.missing)?;
                     set.objects.push(obj);
@@ -566,7 +531,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                     let mut moref = String::new();
                     let mut fault = String::new();
                     p.children(|p, s, empty| {
-                        match local(s.name().as_ref()) {
+                        match local(s.name) {
                             b"obj" => moref = p.leaf_text(empty)?,
                             b"fault" if !empty => fault = p.localized_fault()?,
                             _ if empty => {}
@@ -587,8 +552,8 @@ impl<'a, 'f> Parser<'a, 'f> {
     fn localized_fault(&mut self) -> Result<String> {
         let mut t = String::new();
         self.children(|p, s, empty| {
-            if local(s.name().as_ref()) == b"fault" {
-                let a = p.attrs(&s);
+            if local(s.name) == b"fault" {
+                let a = p.attrs(s)?;
                 t = String::from_utf8_lossy(a.xsi_type).into_owned();
             }
             if !empty {
@@ -609,7 +574,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         let mut local_missing: Vec<(String, String)> = Vec::new();
         self.cur_moref = None;
         self.children(|p, s, empty| {
-            match local(s.name().as_ref()) {
+            match local(s.name) {
                 b"kind" => {
                     let k = p.leaf_text(empty)?;
                     obj.kind = match k.trim() {
@@ -620,7 +585,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                     };
                 }
                 b"obj" => {
-                    obj.obj_type = String::from_utf8_lossy(p.attrs(&s).mo_type).into_owned();
+                    obj.obj_type = String::from_utf8_lossy(p.attrs(s)?.mo_type).into_owned();
                     obj.moref = p.leaf_text(empty)?;
                     p.cur_moref = Some(obj.moref.clone());
                 }
@@ -633,7 +598,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                     let mut path = String::new();
                     let mut fault = String::new();
                     p.children(|p, s, empty| {
-                        match local(s.name().as_ref()) {
+                        match local(s.name) {
                             b"path" => path = p.leaf_text(empty)?,
                             b"fault" if !empty => fault = p.localized_fault()?,
                             _ if empty => {}
@@ -663,18 +628,18 @@ impl<'a, 'f> Parser<'a, 'f> {
 
     fn change(&mut self) -> Result<Change> {
         let mut path: Option<String> = None;
-        let mut op = String::new();
+        let mut null = false;
         self.enc.reset();
         self.cur_path = None;
         self.children(|p, s, empty| {
-            match local(s.name().as_ref()) {
+            match local(s.name) {
                 b"name" => {
                     let n = p.leaf_text(empty)?;
                     p.cur_path = Some(n.clone());
                     path = Some(n);
                 }
-                b"op" => op = p.leaf_text(empty)?,
-                b"val" => p.value(&s, empty)?,
+                b"op" => null = p.op(empty)?,
+                b"val" => p.value(s, empty)?,
                 _ if empty => {}
                 _ => p.skip()?,
             }
@@ -682,11 +647,6 @@ impl<'a, 'f> Parser<'a, 'f> {
         })?;
         let Some(path) = path else {
             return Err(self.err("invalid_value", "property change without name"));
-        };
-        let null = match op.trim() {
-            "add" | "assign" | "" => false,
-            "remove" | "indirectRemove" => true,
-            other => return Err(self.err("invalid_value", format!("invalid change op {other:?}"))),
         };
         if null {
             self.enc.reset();
@@ -723,9 +683,18 @@ impl<'a, 'f> Parser<'a, 'f> {
         Ok(change)
     }
 
+    fn start_value_elem(&mut self, e: Elem<'a>) -> Result<()> {
+        let a = self.attrs(e)?;
+        self.enc.start(local(e.name), a.xsi_type, a.nil);
+        if !a.mo_type.is_empty() {
+            self.enc.attr(b"type", a.mo_type);
+        }
+        Ok(())
+    }
+
     /// Stream a `<val>` into the encoder.
-    fn value(&mut self, s: &BytesStart<'a>, empty: bool) -> Result<()> {
-        let a = self.attrs(s);
+    fn value(&mut self, e: Elem<'a>, empty: bool) -> Result<()> {
+        let a = self.attrs(e)?;
         self.enc.begin(a.xsi_type, a.nil);
         if !a.mo_type.is_empty() {
             self.enc.attr(b"type", a.mo_type);
@@ -734,34 +703,33 @@ impl<'a, 'f> Parser<'a, 'f> {
             self.enc.end();
             return Ok(());
         }
-        let mut refbuf: Vec<u8> = Vec::new();
         loop {
             match self.next()? {
-                Event::Start(s) => {
-                    let a = self.attrs(&s);
-                    self.enc.start(local(s.name().as_ref()), a.xsi_type, a.nil);
-                    if !a.mo_type.is_empty() {
-                        self.enc.attr(b"type", a.mo_type);
+                Tok::Start { name, attrs, empty } => {
+                    self.start_value_elem(Elem { name, attrs })?;
+                    if empty {
+                        self.enc.end();
                     }
                 }
-                Event::Empty(s) => {
-                    let a = self.attrs(&s);
-                    self.enc.start(local(s.name().as_ref()), a.xsi_type, a.nil);
-                    if !a.mo_type.is_empty() {
-                        self.enc.attr(b"type", a.mo_type);
+                Tok::End { .. } => {
+                    if self.enc.end() {
+                        return Ok(());
                     }
-                    self.enc.end();
                 }
-                Event::End(_) if self.enc.end() => return Ok(()),
-                Event::Text(t) => self.enc.text(&t),
-                Event::CData(t) => self.enc.text(&t),
-                Event::GeneralRef(r) => {
-                    refbuf.clear();
-                    self.resolve_ref(&r, &mut refbuf)?;
-                    self.enc.text(&refbuf);
+                Tok::Text(t) => {
+                    if memchr::memchr(b'&', t).is_some() {
+                        let mut buf = std::mem::take(&mut self.refbuf);
+                        buf.clear();
+                        let r = self.unescape(t, &mut buf);
+                        self.enc.text(&buf);
+                        self.refbuf = buf;
+                        r?;
+                    } else {
+                        self.enc.text(t);
+                    }
                 }
-                Event::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
-                _ => {}
+                Tok::CData(t) => self.enc.text(t),
+                Tok::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
             }
         }
     }

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod filter;
 pub mod index;
 pub mod value;
+pub mod xml;
 
 mod py_core;
 mod py_errors;

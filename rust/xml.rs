@@ -1,0 +1,408 @@
+// SPDX-License-Identifier: Apache-2.0
+//! A small, zero-copy XML tokenizer for SOAP responses (the decoder's hot path).
+//!
+//! It checks what the decoder relies on: tags are balanced and end names match, start tags and
+//! attributes are syntactically complete, comments/CDATA/PIs are closed, and DTDs are refused.
+//! It does not validate name characters or normalise line ends (the decoder hashes text as
+//! sent). Entity references stay in `Text` (see [`unescape_into`]). Every error carries the byte
+//! offset where the offending construct starts; no input can make it panic or loop.
+
+use memchr::{memchr, memchr2, memchr3, memmem};
+
+/// A token; every slice borrows from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tok<'a> {
+    /// `<name attrs>` or `<name attrs/>` (`empty`).
+    Start {
+        name: &'a [u8],
+        attrs: &'a [u8],
+        empty: bool,
+    },
+    /// `</name>`.
+    End {
+        name: &'a [u8],
+    },
+    /// Character data, entity references not yet resolved.
+    Text(&'a [u8]),
+    /// The content of `<![CDATA[...]]>`.
+    CData(&'a [u8]),
+    Eof,
+}
+
+/// A tokenizer error: slug, message, offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XmlError {
+    pub kind: &'static str,
+    pub msg: String,
+    pub offset: u64,
+}
+
+fn err(kind: &'static str, msg: impl Into<String>, offset: usize) -> XmlError {
+    XmlError {
+        kind,
+        msg: msg.into(),
+        offset: offset as u64,
+    }
+}
+
+#[inline]
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+pub struct Tokenizer<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// Names of open elements.
+    open: Vec<&'a [u8]>,
+    max_depth: usize,
+}
+
+impl<'a> Tokenizer<'a> {
+    pub fn new(buf: &'a [u8], max_depth: usize) -> Self {
+        Tokenizer {
+            buf,
+            pos: 0,
+            open: Vec::with_capacity(32),
+            max_depth,
+        }
+    }
+
+    /// Offset of the next token.
+    #[inline]
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Number of open elements.
+    #[inline]
+    pub fn depth(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn next_tok(&mut self) -> Result<Tok<'a>, XmlError> {
+        loop {
+            let buf = self.buf;
+            let start = self.pos;
+            if start >= buf.len() {
+                if let Some(name) = self.open.last() {
+                    return Err(err(
+                        "xml_syntax",
+                        format!("unexpected end of document inside <{}>", String::from_utf8_lossy(name)),
+                        start,
+                    ));
+                }
+                return Ok(Tok::Eof);
+            }
+            if buf[start] != b'<' {
+                let end = memchr(b'<', &buf[start..]).map_or(buf.len(), |i| start + i);
+                self.pos = end;
+                return Ok(Tok::Text(&buf[start..end]));
+            }
+            let rest = &buf[start + 1..];
+            match rest.first() {
+                Some(b'/') => return self.end_tag(start),
+                Some(b'!') => {
+                    if rest.starts_with(b"!--") {
+                        let body = start + 4;
+                        match memmem::find(&buf[body..], b"-->") {
+                            Some(i) => self.pos = body + i + 3,
+                            None => return Err(err("xml_syntax", "unclosed comment", start)),
+                        }
+                        continue;
+                    }
+                    if rest.starts_with(b"![CDATA[") {
+                        if self.open.is_empty() {
+                            return Err(err("xml_syntax", "CDATA outside the root element", start));
+                        }
+                        let body = start + 9;
+                        return match memmem::find(&buf[body..], b"]]>") {
+                            Some(i) => {
+                                self.pos = body + i + 3;
+                                Ok(Tok::CData(&buf[body..body + i]))
+                            }
+                            None => Err(err("xml_syntax", "unclosed CDATA section", start)),
+                        };
+                    }
+                    if rest.starts_with(b"!DOCTYPE") || rest.starts_with(b"!ENTITY") {
+                        return Err(err(
+                            "dtd_forbidden",
+                            "DTDs and entity declarations are not accepted",
+                            start,
+                        ));
+                    }
+                    return Err(err("xml_syntax", "unexpected markup declaration", start));
+                }
+                Some(b'?') => {
+                    match memmem::find(&buf[start + 2..], b"?>") {
+                        Some(i) => self.pos = start + 2 + i + 2,
+                        None => return Err(err("xml_syntax", "unclosed processing instruction", start)),
+                    }
+                    continue;
+                }
+                Some(_) => return self.start_tag(start),
+                None => return Err(err("xml_syntax", "unexpected end of document after '<'", start)),
+            }
+        }
+    }
+
+    fn end_tag(&mut self, start: usize) -> Result<Tok<'a>, XmlError> {
+        let buf = self.buf;
+        let from = start + 2;
+        let Some(i) = memchr(b'>', &buf[from..]) else {
+            return Err(err("xml_syntax", "unclosed end tag", start));
+        };
+        let mut name = &buf[from..from + i];
+        while let Some((&last, head)) = name.split_last() {
+            if is_space(last) {
+                name = head;
+            } else {
+                break;
+            }
+        }
+        match self.open.pop() {
+            Some(open) if open == name => {
+                self.pos = from + i + 1;
+                Ok(Tok::End { name })
+            }
+            Some(open) => Err(err(
+                "xml_syntax",
+                format!(
+                    "end tag </{}> does not match <{}>",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(open)
+                ),
+                start,
+            )),
+            None => Err(err("xml_syntax", "end tag without start tag", start)),
+        }
+    }
+
+    fn start_tag(&mut self, start: usize) -> Result<Tok<'a>, XmlError> {
+        let buf = self.buf;
+        let from = start + 1;
+        // name: up to whitespace, '/' or '>'
+        let mut i = from;
+        while i < buf.len() && !is_space(buf[i]) && buf[i] != b'/' && buf[i] != b'>' {
+            if matches!(buf[i], b'<' | b'"' | b'\'' | b'=' | b'&') {
+                return Err(err("xml_syntax", "invalid character in element name", i));
+            }
+            i += 1;
+        }
+        let name = &buf[from..i];
+        if name.is_empty() {
+            return Err(err("xml_syntax", "element without a name", start));
+        }
+        // find the closing '>' outside quotes
+        let attrs_from = i;
+        let mut j = i;
+        loop {
+            let Some(k) = memchr3(b'>', b'"', b'\'', &buf[j..]) else {
+                return Err(err("xml_syntax", "unclosed start tag", start));
+            };
+            let at = j + k;
+            if buf[at] == b'>' {
+                j = at;
+                break;
+            }
+            let Some(q) = memchr(buf[at], &buf[at + 1..]) else {
+                return Err(err("xml_syntax", "unclosed attribute value", at));
+            };
+            j = at + 1 + q + 1;
+        }
+        let empty = j > attrs_from && buf[j - 1] == b'/';
+        let attrs = &buf[attrs_from..if empty { j - 1 } else { j }];
+        self.pos = j + 1;
+        if !empty {
+            if self.open.len() >= self.max_depth {
+                return Err(err(
+                    "too_deep",
+                    format!("elements nested deeper than {}", self.max_depth),
+                    start,
+                ));
+            }
+            self.open.push(name);
+        } else if self.open.len() >= self.max_depth {
+            return Err(err(
+                "too_deep",
+                format!("elements nested deeper than {}", self.max_depth),
+                start,
+            ));
+        }
+        Ok(Tok::Start { name, attrs, empty })
+    }
+}
+
+/// Iterate `key="value"` pairs of a start tag's attribute bytes. Malformed attributes end the
+/// iteration with an error.
+pub struct Attrs<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Attrs<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Attrs { buf, pos: 0 }
+    }
+}
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = Result<(&'a [u8], &'a [u8]), usize>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.buf;
+        let mut i = self.pos;
+        while i < b.len() && is_space(b[i]) {
+            i += 1;
+        }
+        if i >= b.len() {
+            return None;
+        }
+        let key_start = i;
+        while i < b.len() && b[i] != b'=' && !is_space(b[i]) {
+            i += 1;
+        }
+        let key = &b[key_start..i];
+        while i < b.len() && is_space(b[i]) {
+            i += 1;
+        }
+        if key.is_empty() || i >= b.len() || b[i] != b'=' {
+            self.pos = b.len();
+            return Some(Err(key_start));
+        }
+        i += 1;
+        while i < b.len() && is_space(b[i]) {
+            i += 1;
+        }
+        let quote = match b.get(i) {
+            Some(&q @ (b'"' | b'\'')) => q,
+            _ => {
+                self.pos = b.len();
+                return Some(Err(key_start));
+            }
+        };
+        let v_start = i + 1;
+        let Some(len) = memchr(quote, &b[v_start..]) else {
+            self.pos = b.len();
+            return Some(Err(key_start));
+        };
+        self.pos = v_start + len + 1;
+        Some(Ok((key, &b[v_start..v_start + len])))
+    }
+}
+
+/// Append `raw` text to `out` with entity and character references resolved. Only the five
+/// predefined entities exist (DTDs are refused); an unknown one is an error (its offset in `raw`).
+pub fn unescape_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), (usize, &'static str)> {
+    let mut rest = raw;
+    let mut base = 0usize;
+    while let Some(amp) = memchr(b'&', rest) {
+        out.extend_from_slice(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let Some(semi) = memchr2(b';', b'&', after).filter(|&s| after[s] == b';') else {
+            return Err((base + amp, "unterminated entity reference"));
+        };
+        let name = &after[..semi];
+        match name {
+            b"amp" => out.push(b'&'),
+            b"lt" => out.push(b'<'),
+            b"gt" => out.push(b'>'),
+            b"quot" => out.push(b'"'),
+            b"apos" => out.push(b'\''),
+            _ if name.first() == Some(&b'#') => {
+                let code = if let Some(hex) = name[1..].strip_prefix(b"x") {
+                    std::str::from_utf8(hex)
+                        .ok()
+                        .and_then(|h| u32::from_str_radix(h, 16).ok())
+                } else {
+                    std::str::from_utf8(&name[1..]).ok().and_then(|d| d.parse::<u32>().ok())
+                };
+                match code.and_then(char::from_u32).filter(|&c| c != '\0') {
+                    Some(c) => {
+                        let mut tmp = [0u8; 4];
+                        out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
+                    }
+                    None => return Err((base + amp, "invalid character reference")),
+                }
+            }
+            _ => return Err((base + amp, "undeclared entity")),
+        }
+        let consumed = amp + 1 + semi + 1;
+        rest = &rest[consumed..];
+        base += consumed;
+    }
+    out.extend_from_slice(rest);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(s: &str) -> Result<Vec<Tok<'_>>, XmlError> {
+        let mut t = Tokenizer::new(s.as_bytes(), 64);
+        let mut out = Vec::new();
+        loop {
+            let tok = t.next_tok()?;
+            if tok == Tok::Eof {
+                return Ok(out);
+            }
+            out.push(tok);
+        }
+    }
+
+    #[test]
+    fn basic() {
+        let t = toks("<?xml version='1.0'?><!-- c --><a x='1' y=\"2\"><b/>t<![CDATA[<x>]]></a >").unwrap();
+        assert_eq!(
+            t,
+            vec![
+                Tok::Start {
+                    name: b"a",
+                    attrs: b" x='1' y=\"2\"",
+                    empty: false
+                },
+                Tok::Start {
+                    name: b"b",
+                    attrs: b"",
+                    empty: true
+                },
+                Tok::Text(b"t"),
+                Tok::CData(b"<x>"),
+                Tok::End { name: b"a" },
+            ]
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(toks("<a></b>").unwrap_err().kind, "xml_syntax");
+        assert_eq!(toks("<a>").unwrap_err().kind, "xml_syntax");
+        assert_eq!(toks("</a>").unwrap_err().kind, "xml_syntax");
+        assert_eq!(toks("<a x='>").unwrap_err().kind, "xml_syntax");
+        assert_eq!(toks("<!DOCTYPE a><a/>").unwrap_err().kind, "dtd_forbidden");
+        assert_eq!(toks("<a><!-- </a>").unwrap_err().kind, "xml_syntax");
+        assert_eq!(toks(&"<a>".repeat(65)).unwrap_err().kind, "too_deep");
+        assert_eq!(toks("<a x='>'>").unwrap_err().offset, 9, "'>' is fine inside a value");
+        assert_eq!(toks("<>").unwrap_err().kind, "xml_syntax");
+    }
+
+    #[test]
+    fn attributes() {
+        let a: Vec<_> = Attrs::new(b" a='1' b = \"x y\"").collect();
+        assert_eq!(a, vec![Ok((&b"a"[..], &b"1"[..])), Ok((&b"b"[..], &b"x y"[..]))]);
+        assert!(Attrs::new(b" a").next().unwrap().is_err());
+        assert!(Attrs::new(b" a=1").next().unwrap().is_err());
+    }
+
+    #[test]
+    fn unescape() {
+        let mut out = Vec::new();
+        unescape_into(b"a&amp;b&lt;&#x2F;&#47;&quot;", &mut out).unwrap();
+        assert_eq!(out, b"a&b</\x2f\"");
+        assert!(unescape_into(b"&bogus;", &mut Vec::new()).is_err());
+        assert!(unescape_into(b"a & b", &mut Vec::new()).is_err());
+        assert!(unescape_into(b"&#0;", &mut Vec::new()).is_err());
+        assert!(unescape_into(b"&#xD800;", &mut Vec::new()).is_err());
+    }
+}
