@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
 
 from vmwatch._vmwatch import (
     Batch,
@@ -53,6 +55,8 @@ from vmwatch.vsphere.errors import fault_error
 __all__ = ['AsyncSignalDisabledError', 'NoWatcherError', 'Watcher', 'WatcherSlot']
 
 log = logging.getLogger('vmwatch.watcher')
+
+T = TypeVar('T')
 
 
 class NoWatcherError(VmwatchError):
@@ -125,6 +129,9 @@ class Watcher:
         self._main: asyncio.Task[None] | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
         self._interrupter: asyncio.Task[None] | None = None
+        # the long poll and everything that touches the Decider run on one thread of their own: a 300 s
+        # wait does not hold a worker of the default pool, and the Decider is never used concurrently
+        self._poll_pool: ThreadPoolExecutor | None = None
         self._stopping = False
         self._error: BaseException | None = None
         self._error_raised = False
@@ -179,6 +186,7 @@ class Watcher:
             self._loop_exited.set()
             self._done.set()
             raise
+        self._poll_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='vmwatch-wait')
         if self._slot is not None:
             self._slot._put(self)
         self._main = asyncio.create_task(self._run(), name='vmwatch-watcher')
@@ -428,6 +436,8 @@ class Watcher:
             await asyncio.shield(asyncio.to_thread(cleanup))
         except Exception:
             log.exception('cleaning up the watcher failed')
+        if self._poll_pool is not None:
+            self._poll_pool.shutdown(wait=False)
 
     def _request_stop(self, error: BaseException | None) -> None:
         if error is not None:
@@ -482,7 +492,7 @@ class Watcher:
             self._long_wait = not flushing
             self._idle.clear()
             try:
-                outcome = await asyncio.to_thread(self._poll, version, max_wait)
+                outcome = await self._in_poll_thread(self._poll, version, max_wait)
             except SessionError:
                 if self._stopping and self._error is None:
                     return  # interrupted by close()
@@ -502,6 +512,10 @@ class Watcher:
                 # a zero-wait poll issued after sync() was called returned every change queued before it
                 self._flush_done = target
             self._made_progress()
+
+    async def _in_poll_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._poll_pool is not None
+        return await asyncio.get_running_loop().run_in_executor(self._poll_pool, functools.partial(fn, *args))
 
     def _poll(self, version: str, max_wait_s: int) -> Batch | Fault:
         """One WaitForUpdatesEx round trip and its decision (runs in a thread; the core releases the GIL)."""
@@ -538,7 +552,7 @@ class Watcher:
         for signal in batch.signals:
             await self._put(signal)
         if batch.pending:
-            for signal in await asyncio.to_thread(self._resolve, batch.pending):
+            for signal in await self._in_poll_thread(self._resolve, batch.pending):
                 await self._put(signal)
         if batch.objects:
             log.debug(

@@ -291,4 +291,5 @@ async def test_a_logout_is_noticed_by_the_keepalive(vcsim: VcsimServer) -> None:
             error = await w.wait_closed()
         assert isinstance(error, NotAuthenticatedError)
         assert time.monotonic() - started < 4  # the keep-alive, not the end of the 6 s wait
+    await asyncio.to_thread(session.logout)  # borrowed: the watcher leaves it to us (drops its connections)
     await asyncio.to_thread(sim.close)

@@ -13,6 +13,7 @@ import http.client
 import logging
 import socket
 import threading
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,9 @@ class Collector:
                 mapped = translate(e, call=f'WaitForUpdatesEx on {s.endpoint.display_url}')
                 if mapped is e:
                     raise
+                # the frames of http.client hold the half-read response and so its socket; a watcher keeps
+                # this error as its `error`, which must not keep the socket open
+                traceback.clear_frames(e.__traceback__)
                 raise mapped from e
             if resp.status not in (200, 500):
                 self._drop(conn)

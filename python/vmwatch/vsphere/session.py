@@ -18,6 +18,7 @@ import logging
 import re
 import ssl
 import threading
+import traceback
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,6 +198,7 @@ class Session:
             mapped = translate(e, call=what)
             if mapped is e:
                 raise
+            traceback.clear_frames(e.__traceback__)  # pyVmomi's frames hold its connection (see collector)
             raise mapped from e
 
     def read(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -314,6 +316,7 @@ class Session:
             )
             self.call(f'{ep.display_url}: Login as {ep.user!r}', content.sessionManager.Login, ep.user, password)
         except BaseException:
+            stub.poolSize = 0
             stub.DropConnections()  # a failed login must not leave its pooled socket behind
             raise
         finally:
@@ -347,4 +350,5 @@ class Session:
         except VsphereFault as e:
             log.warning('logout from %s failed: %s', self.endpoint.display_url, e)
         finally:
+            stub.poolSize = 0  # a call still in flight on this stub (e.g. a view's cleanup) closes its socket
             stub.DropConnections()
