@@ -110,6 +110,9 @@ fn bytes_per_vm_at_100k() {
     let (captured, words) = measure(false);
     println!("fingerprint cache, vcsim VM ({words} non-null paths + name): {captured:.1} bytes/VM");
     assert!(captured <= TARGET, "{captured:.1} bytes/VM > {TARGET}");
+    if cfg!(debug_assertions) {
+        return; // the worst case runs in release builds (slow unoptimised)
+    }
     let (worst, words) = measure(true);
     println!("fingerprint cache, all {words} paths non-null + name: {worst:.1} bytes/VM");
     assert!(worst <= 400.0, "{worst:.1} bytes/VM");

@@ -1,0 +1,247 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Decode throughput, side by side on the same bytes (issue 3's benchmark).
+
+For every payload (benches/data/*.xml.gz from `benches/capture.py bench`, plus the small vcsim
+captures in tests/data) it measures, pinned to one CPU:
+
+* vmwatch: `Decider.decide(body)` (decode + decide; a fresh Decider per run, so every VM is a
+  first sighting: the most work),
+* pyVmomi: `SoapResponseDeserializer.Deserialize(body, UpdateSet)` (what pyVmomi does with every
+  response),
+* govmomi v0.56.0: benches/govmomi_decode (vim25/xml + the vim25 type registry, as
+  soap.Client does), GOMAXPROCS=1,
+* expat: `xml.parsers.expat` parsing the bytes with no handlers (a floor for "just reading XML"),
+
+and writes medians, MB/s and ratios to benches/results/decode-<date>.json.
+
+    python benches/decode_bench.py [--quick] [--out benches/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import gzip
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from xml.parsers import expat
+
+import pyVmomi
+from pyVmomi import SoapAdapter, vmodl
+
+from vmwatch import _vmwatch
+from vmwatch.settings import DEFAULT_IGNORED_EXTRA_CONFIG_KEYS, DEFAULT_WATCHED_PATHS
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {'mb_per_s': 300.0, 'vs_pyvmomi': 30.0, 'vs_govmomi': 6.0, 'vs_expat': 1.2}
+UPDATE_SET = vmodl.query.PropertyCollector.UpdateSet
+
+
+def pin_one_cpu() -> int | None:
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        cpu = cpus[-1]
+        os.sched_setaffinity(0, {cpu})
+        return cpu
+    except (AttributeError, OSError):
+        return None
+
+
+def median_of(fn: Callable[[], Any], *, runs: int, budget_s: float) -> tuple[float, int]:
+    """Median seconds of `fn` over `runs` runs (fewer if the budget runs out, at least 3)."""
+    samples: list[float] = []
+    started = time.perf_counter()
+    for i in range(runs):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+        if i >= 2 and time.perf_counter() - started > budget_s:
+            break
+    return statistics.median(samples), len(samples)
+
+
+def load(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.suffix == '.gz' else data
+
+
+def payloads() -> list[Path]:
+    found = sorted((ROOT / 'benches' / 'data').glob('*.xml.gz'))
+    small = [ROOT / 'tests' / 'data' / n for n in ('initial-sync.xml', 'power-on.xml')]
+    return found + small
+
+
+def build_go(tmp: Path) -> Path | None:
+    go = shutil.which('go')
+    if go is None:
+        return None
+    exe = tmp / 'govmomi_decode'
+    env = {**os.environ, 'GOFLAGS': '-mod=mod', 'CGO_ENABLED': '0'}
+    subprocess.run([go, 'build', '-o', str(exe), '.'], cwd=ROOT / 'benches' / 'govmomi_decode', env=env, check=True)
+    return exe
+
+
+def run_go(exe: Path, files: list[Path], runs: int, cpu: int | None) -> dict[str, dict[str, Any]]:
+    env = {**os.environ, 'GOMAXPROCS': '1'}
+    cmd = [str(exe), '-n', str(runs), *map(str, files)]
+    if cpu is not None and shutil.which('taskset'):
+        cmd = ['taskset', '-c', str(cpu), *cmd]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return {json.loads(line)['file']: json.loads(line) for line in out.splitlines()}
+
+
+def machine() -> dict[str, Any]:
+    model = ''
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                model = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ''
+    try:
+        mem = Path('/proc/meminfo').read_text().splitlines()[0].split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return {'cpu': model, 'cores': os.cpu_count(), 'memory': mem, 'os': platform.platform()}
+
+
+def versions() -> dict[str, str]:
+    def cmd(*args: str) -> str:
+        try:
+            return subprocess.run(args, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return ''
+
+    return {
+        'python': sys.version.split()[0],
+        'pyvmomi': getattr(pyVmomi, '__version__', ''),
+        'vmwatch': _vmwatch.__version__,
+        'vmwatch_build': _vmwatch.build_info,
+        'rustc': cmd('rustc', '--version'),
+        'go': cmd('go', 'version'),
+        'govmomi': 'v0.56.0',
+        'expat': expat.EXPAT_VERSION,
+    }
+
+
+def bench_one(path: Path, body: bytes, quick: bool) -> dict[str, Any]:
+    mb = len(body) / 1e6
+    ignored = tuple(DEFAULT_IGNORED_EXTRA_CONFIG_KEYS)
+    first = _vmwatch.Decider(index=_vmwatch.Index(), watched_paths=DEFAULT_WATCHED_PATHS, ignored_keys=ignored)
+    result = first.decide(body)
+    assert isinstance(result, _vmwatch.Batch), result
+    # the same objects as pyVmomi sees (correctness once, before timing)
+    us = SoapAdapter.SoapResponseDeserializer(None).Deserialize(body, UPDATE_SET)
+    assert sum(len(fs.objectSet) for fs in us.filterSet) == result.objects
+
+    deciders: list[_vmwatch.Decider] = []
+
+    def vmwatch_run() -> None:
+        d = deciders.pop()
+        d.decide(body)
+
+    def fresh() -> None:
+        deciders.append(
+            _vmwatch.Decider(index=_vmwatch.Index(), watched_paths=DEFAULT_WATCHED_PATHS, ignored_keys=ignored)
+        )
+
+    vm_samples: list[float] = []
+    for _ in range(5 if quick else 30):
+        fresh()
+        gc.collect()
+        t0 = time.perf_counter()
+        vmwatch_run()
+        vm_samples.append(time.perf_counter() - t0)
+    vm_s = statistics.median(vm_samples)
+
+    def expat_run() -> None:
+        p = expat.ParserCreate()
+        p.Parse(body, True)
+
+    def pyvmomi_run() -> None:
+        SoapAdapter.SoapResponseDeserializer(None).Deserialize(body, UPDATE_SET)
+
+    ex_s, ex_n = median_of(expat_run, runs=5 if quick else 30, budget_s=20)
+    py_s, py_n = median_of(pyvmomi_run, runs=3 if quick else 7, budget_s=30 if quick else 90)
+    return {
+        'payload': path.name.removesuffix('.gz'),
+        'bytes': len(body),
+        'objects': result.objects,
+        'changes': result.changes,
+        'vmwatch': {'median_s': vm_s, 'mb_per_s': mb / vm_s, 'runs': len(vm_samples)},
+        'pyvmomi': {'median_s': py_s, 'mb_per_s': mb / py_s, 'runs': py_n},
+        'expat': {'median_s': ex_s, 'mb_per_s': mb / ex_s, 'runs': ex_n},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--quick', action='store_true', help='fewer runs (a smoke test of the harness)')
+    ap.add_argument('--out', type=Path, default=ROOT / 'benches' / 'results')
+    a = ap.parse_args(argv)
+    cpu = pin_one_cpu()
+    rows = []
+    files = payloads()
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build_go(Path(tmp))
+        go = run_go(exe, files, 3 if a.quick else 10, cpu) if exe else {}
+    for path in files:
+        body = load(path)
+        row = bench_one(path, body, a.quick)
+        g = go.get(str(path))
+        if g:
+            assert g['objects'] == row['objects'], (path, g['objects'], row['objects'])
+            row['govmomi'] = {'median_s': g['median_s'], 'mb_per_s': g['mb_per_s'], 'runs': g['runs']}
+        v = row['vmwatch']['median_s']
+        row['ratios'] = {
+            'vs_pyvmomi': row['pyvmomi']['median_s'] / v,
+            'vs_expat': row['expat']['median_s'] / v,
+            **({'vs_govmomi': row['govmomi']['median_s'] / v} if 'govmomi' in row else {}),
+        }
+        row['targets_met'] = {
+            'mb_per_s': row['vmwatch']['mb_per_s'] >= TARGETS['mb_per_s'],
+            **{k: row['ratios'][k] >= t for k, t in TARGETS.items() if k in row['ratios']},
+        }
+        rows.append(row)
+        print(table_row(row), flush=True)
+    report = {
+        'date': dt.datetime.now(dt.UTC).isoformat(timespec='seconds'),
+        'machine': {**machine(), 'pinned_cpu': cpu},
+        'versions': versions(),
+        'targets': TARGETS,
+        'method': 'median seconds per run on the same bytes; vmwatch = decode + decide with a fresh Decider',
+        'payloads': rows,
+    }
+    a.out.mkdir(parents=True, exist_ok=True)
+    out = a.out / f'decode-{dt.date.today().isoformat()}.json'
+    out.write_text(json.dumps(report, indent=2) + '\n')
+    print(f'wrote {out}', file=sys.stderr)
+    return 0
+
+
+def table_row(r: dict[str, Any]) -> str:
+    g = r.get('govmomi', {}).get('mb_per_s', float('nan'))
+    ratios = r['ratios']
+    return (
+        f'| {r["payload"]} | {r["bytes"] / 1e6:.2f} MB | {r["objects"]} | {r["vmwatch"]["mb_per_s"]:.0f} | '
+        f'{r["pyvmomi"]["mb_per_s"]:.1f} | {g:.1f} | {r["expat"]["mb_per_s"]:.0f} | '
+        f'{ratios["vs_pyvmomi"]:.0f}x | {ratios.get("vs_govmomi", float("nan")):.1f}x | {ratios["vs_expat"]:.2f}x |'
+    )
+
+
+if __name__ == '__main__':
+    sys.exit(main())
