@@ -59,18 +59,18 @@ def say(out: TextIO, text: str) -> None:
 
 
 async def _demo(vc: Any, kube: Any, out: TextIO) -> int:
-    from kubernetes import client, config
+    from kubernetes import client
 
-    from vmwatch.kube.crds import install_crds
+    from vmwatch.kube.crds import api_client, install_crds
     from vmwatch.service import Service
     from vmwatch.settings import ServiceSettings
     from vmwatch.vsphere import Endpoint, Session
     from vmwatch.vsphere.inventory import power_on, set_extra_config, vm_folder, vms_under
 
-    api = config.new_client_from_config(config_file=str(kube.kubeconfig))
+    api = api_client(kube.kubeconfig)
     install_crds(api)
-    core = client.CoreV1Api(api)
-    objects = client.CustomObjectsApi(api)
+    core: Any = client.CoreV1Api(api)
+    objects: Any = client.CustomObjectsApi(api)
     core.create_namespace({'metadata': {'name': NAMESPACE}})
 
     session = Session(Endpoint(url=vc.url, user=vc.user, password_file=vc.password_file, ca_file=vc.ca_file))
@@ -134,7 +134,7 @@ async def _demo(vc: Any, kube: Any, out: TextIO) -> int:
             await asyncio.sleep(0.2)  # the queue hand-off to the reconciler task
             got = len(received) - before
             if expect and got == 0:
-                await _until(lambda b=before: len(received) > b, 10, f'a request after: {text}')  # type: ignore[misc]
+                await _until(lambda b=before: len(received) > b, 10, f'a request after: {text}')
             say(out, f'-> {len(received) - before} request(s)')
         say(out, f'done: {len(received)} requests; cache {service.decider.cache_stats()}')
         return 0
@@ -143,7 +143,7 @@ async def _demo(vc: Any, kube: Any, out: TextIO) -> int:
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
         await asyncio.to_thread(session.logout)
-        api.close()
+        await asyncio.to_thread(api.close)
 
 
 async def _until(predicate: Any, timeout_s: float, what: str) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from vmwatch._vmwatch import Decider, Index, Signal
 from vmwatch.kube.index import VirtualMachineIndex
@@ -66,7 +66,7 @@ class Backoff:
             self.failures = 0
         delay = min(self.max_s, self.initial_s * 2**self.failures)
         self.failures = min(self.failures + 1, 32)
-        return delay * self.rng.uniform(0.5, 1.0)
+        return float(delay * self.rng.uniform(0.5, 1.0))
 
 
 class RateLimitedLog:
@@ -101,8 +101,10 @@ class Service:
         metrics: Metrics | None = None,
         queue: WorkQueue | None = None,
         disabled: bool | None = None,
+        zone_controller: bool = True,
     ) -> None:
         self.settings = settings
+        self.zone_controller = zone_controller
         self.api = api
         self.metrics = metrics or Metrics()
         self.queue = queue or WorkQueue()
@@ -120,13 +122,14 @@ class Service:
         )
         self.slot = WatcherSlot(disabled=self.disabled)
         self.zones = ZoneController(api, self.slot, disabled_errors=(AsyncSignalDisabledError,))
-        self.objects = client.CustomObjectsApi(api)
+        self.objects: Any = client.CustomObjectsApi(api)  # dict bodies and results
         self.backoff = Backoff(settings.restart_initial_s, settings.restart_max_s, settings.restart_reset_s)
         self.status = 'starting'
         self.watching = False
         self.restarts = 0
         self.logins = 0
         self.last_error: BaseException | None = None
+        self.session: Session | None = None  # the current watcher's session
         self._rate_log = RateLimitedLog(log)
         self._stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
@@ -143,7 +146,7 @@ class Service:
     async def start(self) -> Service:
         """Start the index and the Zone controller (every replica keeps them warm)."""
         self.index.start()
-        await self.zones.start()
+        await self.zones.start(reconcile=self.zone_controller)
         return self
 
     def start_watching(self) -> None:
@@ -226,8 +229,9 @@ class Service:
         )
 
     async def _watch_once(self) -> None:
-        self.status = 'logging in to vCenter'
-        session = Session(self._endpoint())  # credentials are read again on every attempt
+        if self.last_error is None:
+            self.status = 'logging in to vCenter'  # after a failure, the failure stays the status until watching
+        session = self.session = Session(self._endpoint())  # credentials are read again on every attempt
         self.logins += 1
         await asyncio.to_thread(session.login)
         try:
@@ -243,6 +247,7 @@ class Service:
             ) as watcher:
                 self.watching = True
                 self.status = 'watching'
+                self.last_error = None
                 self.zones.requeue_all()  # zones added while no watcher ran are added now
                 self.metrics.last_wait.set_to_current_time()
                 async for signal in watcher:

@@ -146,6 +146,8 @@ def _wait_http(
                 if resp.status == 200:
                     return
         except (OSError, urllib.error.URLError) as e:
+            if isinstance(e, urllib.error.HTTPError):
+                e.close()  # an error status (e.g. /readyz 500 while starting) holds the response open
             last = e
         time.sleep(0.1)
     raise DevenvError(f'{what} did not answer {url} in time ({last}); log: {log_path}\n{_tail(log_path)}')
@@ -159,14 +161,17 @@ def _tail(path: Path, n: int = 30) -> str:
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
+    if proc is None:
         return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=timeout_s)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _popen(

@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
-__all__ = ['CRD_DIR', 'crd_manifests', 'install_crds', 'install_crds_from_kubeconfig']
+__all__ = ['CRD_DIR', 'api_client', 'crd_manifests', 'install_crds', 'install_crds_from_kubeconfig']
 
 CRD_DIR = Path(__file__).with_name('crds')
 
@@ -22,7 +22,7 @@ def crd_manifests() -> list[dict[str, Any]]:
 
 def install_crds(api: client.ApiClient, *, timeout_s: float = 60.0) -> None:
     """Create or replace the CRDs and wait until the API server serves them (condition Established)."""
-    ext = client.ApiextensionsV1Api(api)
+    ext: Any = client.ApiextensionsV1Api(api)  # takes plain dicts as bodies, which its stubs do not say
     names = []
     for manifest in crd_manifests():
         name = manifest['metadata']['name']
@@ -48,7 +48,20 @@ def install_crds(api: client.ApiClient, *, timeout_s: float = 60.0) -> None:
 
 
 def install_crds_from_kubeconfig(kubeconfig: Path) -> None:
+    with api_client(kubeconfig) as api:
+        install_crds(api)
+
+
+def api_client(kubeconfig: Path | None = None) -> client.ApiClient:
+    """An ApiClient from a kubeconfig file, else $KUBECONFIG / ~/.kube/config, else the in-cluster config."""
     from kubernetes import config
 
-    with config.new_client_from_config(config_file=str(kubeconfig)) as api:
-        install_crds(api)
+    loader: Any = config
+    if kubeconfig is not None:
+        return loader.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-any-return]
+    try:
+        return loader.new_client_from_config()  # type: ignore[no-any-return]
+    except config.ConfigException:
+        configuration = client.Configuration()
+        loader.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from vmwatch.kube.listwatch import ListWatch
 from vmwatch.queue import SHUTDOWN, Key, WorkQueue
@@ -148,7 +148,7 @@ class ZoneController:
         queue: WorkQueue | None = None,
     ) -> None:
         self.api = api
-        self.objects = client.CustomObjectsApi(api)
+        self.objects: Any = client.CustomObjectsApi(api)  # dict bodies and results
         self.targets = targets
         self.disabled_errors = disabled_errors
         self.workers = workers
@@ -160,9 +160,12 @@ class ZoneController:
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    async def start(self) -> ZoneController:
+    async def start(self, *, reconcile: bool = True) -> ZoneController:
+        """Start the Zone cache and (unless `reconcile` is False: the cache alone) the reconcile workers."""
         self._loop = asyncio.get_running_loop()
         self.cache.start()
+        if not reconcile:
+            return self
         self._tasks = [
             asyncio.create_task(self._worker(), name=f'vmwatch-zone-worker-{i}') for i in range(self.workers)
         ]

@@ -8,15 +8,21 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from pyVmomi import vim, vmodl
-
+from vmwatch.vsphere._pyvmomi import PC, vim
 from vmwatch.vsphere.errors import NotAuthenticatedError, VsphereFault
 from vmwatch.vsphere.refs import MoRef
 from vmwatch.vsphere.session import Session
 
-__all__ = ['existing', 'power_on', 'set_extra_config', 'vm_folder', 'vms_under']
-
-PC = vmodl.query.PropertyCollector
+__all__ = [
+    'create_folder',
+    'destroy',
+    'existing',
+    'move_into',
+    'power_on',
+    'set_extra_config',
+    'vm_folder',
+    'vms_under',
+]
 
 
 def existing(session: Session, refs: Iterable[MoRef]) -> set[MoRef]:
@@ -86,3 +92,20 @@ def set_extra_config(session: Session, vm: MoRef, values: dict[str, str]) -> Non
 def power_on(session: Session, vm: MoRef) -> None:
     task = session.call('PowerOnVM_Task', session.managed_object(vm).PowerOnVM_Task)
     _wait(session, task, 'PowerOnVM_Task')
+
+
+def create_folder(session: Session, parent: MoRef, name: str) -> MoRef:
+    folder = session.call('CreateFolder', session.managed_object(parent).CreateFolder, name)
+    return MoRef('Folder', str(folder._moId))
+
+
+def move_into(session: Session, folder: MoRef, vms: Iterable[MoRef]) -> None:
+    """MoveIntoFolder_Task: the VMs enter the views that cover `folder`."""
+    objs = [session.managed_object(vm) for vm in vms]
+    task = session.call('MoveIntoFolder_Task', session.managed_object(folder).MoveIntoFolder_Task, objs)
+    _wait(session, task, 'MoveIntoFolder_Task')
+
+
+def destroy(session: Session, vm: MoRef) -> None:
+    task = session.call('Destroy_Task', session.managed_object(vm).Destroy_Task)
+    _wait(session, task, 'Destroy_Task')
