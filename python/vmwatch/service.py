@@ -292,17 +292,31 @@ class Service:
         return result
 
     async def _add_finalizer(self, zone: dict[str, Any]) -> None:
-        md = zone.get('metadata') or {}
-        body = {
-            'metadata': {'finalizers': [*finalizers(zone), FINALIZER], 'resourceVersion': md.get('resourceVersion')}
-        }
-        try:
-            await asyncio.to_thread(
-                self.objects.patch_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'),
-                ZONE_PLURAL, md.get('name'), body, _content_type='application/merge-patch+json',
+        """Merge-patch our finalizer with optimistic locking. A conflict re-reads the Zone and tries again
+        (the Zone controller may have added it meanwhile); never onto a Zone that started deleting."""
+        for attempt in range(3):
+            md = zone.get('metadata') or {}
+            if FINALIZER in finalizers(zone) or is_deleting(zone):
+                return
+            wanted = [*finalizers(zone), FINALIZER]
+            body = {'metadata': {'finalizers': wanted, 'resourceVersion': md.get('resourceVersion')}}
+            try:
+                await asyncio.to_thread(
+                    self.objects.patch_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'),
+                    ZONE_PLURAL, md.get('name'), body, _content_type='application/merge-patch+json',
+                )  # fmt: skip
+                return
+            except ApiException as e:
+                if e.status == 404:
+                    return  # deleted meanwhile: nothing to protect
+                if e.status != 409 or attempt == 2:
+                    raise RuntimeError(
+                        f'failed to add finalizer to zone {owner_id(zone)}: {e.status} {e.reason}'
+                    ) from e
+            zone = await asyncio.to_thread(
+                self.objects.get_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'),
+                ZONE_PLURAL, md.get('name'),
             )  # fmt: skip
-        except ApiException as e:
-            raise RuntimeError(f'failed to add finalizer to zone {owner_id(zone)}: {e.status} {e.reason}') from e
 
     # -- signals -> requests --------------------------------------------------------------------------
     async def _handle(self, signal: Signal) -> None:
@@ -350,3 +364,132 @@ class Service:
             'index': len(self.index),
             'cache': self.decider.cache_stats(),
         }
+
+
+# -- `vmwatch run` --------------------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any) -> None:
+    import argparse
+
+    from vmwatch.settings import add_service_arguments
+
+    p = sub.add_parser(
+        'run',
+        help='the full service: Zone controller, VirtualMachine index, watcher, enqueue',
+        description='Every setting is a flag and a VMWATCH_* environment variable (flags win). '
+        'ASYNC_SIGNAL_DISABLED=true (or ASYNC_SIGNAL_ENABLED=false) keeps the process up but idle.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_service_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: Any) -> int:
+    """Exit 2 with one message for bad settings or a bad kubeconfig; otherwise run until SIGTERM/SIGINT."""
+    import sys
+
+    from vmwatch.kube.crds import api_client
+    from vmwatch.logs import configure_logging
+    from vmwatch.settings import SettingsError, load_service_settings
+
+    try:
+        settings = load_service_settings(args).validate()
+        disabled = async_signal_disabled()
+        if settings.sink == 'queue':
+            raise SettingsError('--sink queue is for Python code embedding vmwatch.Service; use stdout or annotate')
+    except SettingsError as e:
+        print(f'vmwatch run: {e}', file=sys.stderr)
+        return 2
+    configure_logging(level=settings.log_level, json_format=settings.log_format == 'json')
+    try:
+        api = api_client(settings.kubeconfig)
+    except Exception as e:  # a malformed kubeconfig raises many types; one clear message is the point
+        print(f'vmwatch run: cannot load the Kubernetes configuration: {type(e).__name__}: {e}', file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.run(_serve(settings, api, disabled))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+    return 0
+
+
+def _lease_namespace(settings: ServiceSettings) -> str:
+    if settings.lease_namespace:
+        return settings.lease_namespace
+    try:  # the pod's namespace, as mounted with its service account
+        with open('/var/run/secrets/kubernetes.io/serviceaccount/namespace', encoding='utf-8') as f:
+            return f.read().strip() or 'default'
+    except OSError:
+        return 'default'
+
+
+async def _serve(settings: ServiceSettings, api: client.ApiClient, disabled: bool) -> None:
+    import signal as signals
+
+    from vmwatch.kube.leader import LeaderElector, LeaseSettings
+    from vmwatch.kube.sinks import AnnotateSink, StdoutSink
+    from vmwatch.metrics import HealthServer
+
+    metrics = Metrics()
+    service = Service(settings, api=api, metrics=metrics, disabled=disabled)
+    elector: LeaderElector | None = None
+    if settings.leader_elect and not disabled:
+        elector = LeaderElector(
+            api,
+            namespace=_lease_namespace(settings),
+            name=settings.lease_name,
+            settings=LeaseSettings(
+                lease_duration_s=settings.lease_duration_s,
+                renew_deadline_s=settings.renew_deadline_s,
+                retry_period_s=settings.retry_period_s,
+            ),
+            on_new_leader=metrics.set_lease_holder,
+        )
+
+    def ready() -> tuple[bool, str]:
+        if elector is not None and not elector.is_leader and not disabled:
+            return True, f'standby: not the leader (holder: {elector.leader or "none"})'
+        return service.ready()
+
+    host, _, port = settings.health_addr.rpartition(':')
+    health = HealthServer(host=host or '0.0.0.0', port=int(port), metrics=metrics, ready=ready).start()
+    log.info('health and metrics on %s:%d', *health.address)
+    sink = AnnotateSink(api, annotation=settings.annotation, workers=settings.workers) if settings.sink == 'annotate' \
+        else StdoutSink()  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signals.SIGTERM, signals.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    sink_task = asyncio.create_task(sink.run(service.queue), name='vmwatch-sink')
+
+    async def lead() -> None:
+        metrics.leader.labels(name=settings.lease_name).set(1)
+        service.start_watching()
+        try:
+            await asyncio.Event().wait()  # until the Lease is lost (this task is cancelled)
+        finally:
+            metrics.leader.labels(name=settings.lease_name).set(0)
+            await service.stop_watching()
+
+    if elector is not None:
+        election = asyncio.create_task(elector.run(lead), name='vmwatch-leader-election')
+    else:
+        service.start_watching()
+        election = None
+    try:
+        await stop.wait()
+        log.info('stopping')
+    finally:
+        if elector is not None and election is not None:
+            elector.stop()
+            await asyncio.gather(election, return_exceptions=True)
+        await service.stop()
+        await service.queue.shutdown(drain=True)
+        await asyncio.gather(sink_task, return_exceptions=True)
+        health.close()

@@ -199,6 +199,8 @@ class ZoneController:
                 self.stats.errors += 1
                 retries = self.queue.num_requeues(key)
                 level = logging.WARNING if retries < 5 or retries % 10 == 0 else logging.DEBUG
+                if type(e).__name__ == 'NoWatcherError':
+                    level = logging.DEBUG  # expected between watcher lifetimes; retried until one runs
                 log.log(level, 'zone %s/%s: %s (retry %d)', key[0], key[1], e, retries + 1)
                 self.queue.add_rate_limited(key)
             else:
