@@ -4,7 +4,7 @@
 
 use crate::batch::{self, DeciderConfig, Outcome};
 use crate::errors::VmwatchError;
-use crate::filter::{parse_namespaced_name as parse_nn, Filter, DEFAULT_NAME_KEY};
+use crate::filter::{parse_namespaced_name as parse_nn, Filter};
 use crate::index::Index;
 use crate::py_errors::guard;
 use crate::py_types::{PyBatch, PyFault, PySignal};
@@ -82,7 +82,7 @@ impl PyDecider {
         index,
         watched_paths,
         ignored_keys,
-        name_key = DEFAULT_NAME_KEY,
+        name_key = "vmservice.namespacedName",
         cache_max_entries = 25000,
         cache_ttl_s = 86400.0,
         signal_on_leave = false
@@ -182,7 +182,7 @@ type UpdateTuple = (String, String, u8, Py<PyTuple>, Option<Py<PyTuple>>, Option
 
 /// Stateless decode for `vmwatch decode` (see the stub).
 #[pyfunction]
-#[pyo3(signature = (body, *, ignored_keys = None, name_key = DEFAULT_NAME_KEY))]
+#[pyo3(signature = (body, *, ignored_keys = None, name_key = "vmservice.namespacedName"))]
 pub fn decode<'py>(
     py: Python<'py>,
     body: &[u8],

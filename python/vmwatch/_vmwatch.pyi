@@ -8,6 +8,25 @@ Only bytes, ints, strs, tuples and small frozen classes cross the boundary.
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Literal, final
 
+__all__ = [
+    '__version__',
+    'build_info',
+    'KIND_ENTER',
+    'KIND_MODIFY',
+    'KIND_LEAVE',
+    'VmwatchError',
+    'DecodeError',
+    'VmwatchInternalError',
+    'Fault',
+    'Signal',
+    'Pending',
+    'Batch',
+    'Index',
+    'Decider',
+    'decode',
+    'parse_namespaced_name',
+]
+
 __version__: str
 build_info: str
 
@@ -98,8 +117,8 @@ class Index:
 class Decider:
     """Stateful per-process decision core: ignore set, fingerprint cache (LRU + TTL), negative name cache."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         index: Index,
         watched_paths: Sequence[str],
@@ -108,7 +127,7 @@ class Decider:
         cache_max_entries: int = 25000,
         cache_ttl_s: float = 86400.0,
         signal_on_leave: bool = False,
-    ) -> None: ...
+    ) -> Decider: ...
     def decide(self, body: bytes) -> Batch | Fault:
         """Decode one raw WaitForUpdatesEx response body and decide (spec section 3, steps A-F).
 
