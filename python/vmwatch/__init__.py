@@ -22,7 +22,33 @@ from vmwatch.settings import (
     WatchSettings,
 )
 
+# Heavier pieces load on first use, so `import vmwatch` does not import pyVmomi or the Kubernetes client.
+_LAZY = {
+    'Watcher': 'vmwatch.watcher',
+    'WatcherSlot': 'vmwatch.watcher',
+    'NoWatcherError': 'vmwatch.watcher',
+    'AsyncSignalDisabledError': 'vmwatch.watcher',
+    'Service': 'vmwatch.service',
+    'WorkQueue': 'vmwatch.queue',
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
+    'AsyncSignalDisabledError',
+    'NoWatcherError',
+    'Service',
+    'Watcher',
+    'WatcherSlot',
+    'WorkQueue',
     'DEFAULT_IGNORED_EXTRA_CONFIG_KEYS',
     'DEFAULT_WATCHED_PATHS',
     'Batch',

@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='vmwatch', description='vSphere changes in, Kubernetes reconcile requests out, fast and without noise.'
     )
-    parser.add_argument('--log-level', default='INFO', help='DEBUG, INFO, WARNING or ERROR (default: INFO)')
+    parser.add_argument(
+        '--log-level', dest='root_log_level', default='INFO', help='DEBUG, INFO, WARNING or ERROR (default: INFO)'
+    )
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for module_name in _COMMANDS.values():
         try:
@@ -80,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    logging.basicConfig(level=args.root_log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

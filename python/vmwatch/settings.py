@@ -284,6 +284,8 @@ def _convert(name: str, raw: str, annotation: Any) -> Any:
             return Path(raw) if raw else None
         if kind.startswith('tuple'):
             return tuple(k.strip() for k in raw.split(',') if k.strip())
+    except SettingsError:
+        raise
     except ValueError:
         raise SettingsError(f'{_env_name(name)} / --{name.replace("_", "-")}: {raw!r} is not a valid {kind}') from None
     return raw

@@ -1,0 +1,182 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`vmwatch run` as users run it: a process against real vcsim + kube-apiserver, health, metrics, Lease failover."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import IO, Any
+
+import pytest
+from kubernetes import client
+
+from vmwatch.devenv import KubeServer, VcsimServer, free_port
+from vmwatch.vsphere import Endpoint, Session
+from vmwatch.vsphere import inventory as inv
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
+def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f'timed out after {timeout_s} s waiting for {what}')
+        time.sleep(0.05)
+
+
+class RunProcess:
+    """One `vmwatch run` child process; stdout (JSON lines) and stderr (logs) go to files."""
+
+    def __init__(self, tmp: Path, name: str, env: dict[str, str]) -> None:
+        self.health_port = free_port()
+        self.out_path = tmp / f'{name}.out'
+        self.err_path = tmp / f'{name}.err'
+        self._out: IO[bytes] = self.out_path.open('wb')
+        self._err: IO[bytes] = self.err_path.open('wb')
+        cmd = [sys.executable, '-m', 'vmwatch.cli', 'run', '--health-addr', f'127.0.0.1:{self.health_port}']
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=self._out, stderr=self._err)
+
+    @property
+    def base(self) -> str:
+        return f'http://127.0.0.1:{self.health_port}'
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out_path.read_text().splitlines() if line.strip()]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        self._err.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def run_env(kube_server: KubeServer, kube_api: client.ApiClient, vcsim: VcsimServer, tmp_path: Path) -> Iterator[Any]:
+    namespace = 'run-' + uuid.uuid4().hex[:8]
+    client.CoreV1Api(kube_api).create_namespace({'metadata': {'name': namespace}})
+    objects: Any = client.CustomObjectsApi(kube_api)
+    session = Session(Endpoint(url=vcsim.url, user=vcsim.user, password_file=vcsim.password_file,
+                               ca_file=vcsim.ca_file))  # fmt: skip
+    session.login()
+    root = inv.vm_folder(session)
+    folder = inv.create_folder(session, root, namespace)
+    objects.create_namespaced_custom_object('topology.tanzu.vmware.com', 'v1alpha1', namespace, 'zones', {
+        'apiVersion': 'topology.tanzu.vmware.com/v1alpha1', 'kind': 'Zone',
+        'metadata': {'name': 'zone-a', 'namespace': namespace},
+        'spec': {'availabilityZoneReference': {'apiVersion': 'v1', 'name': 'a'},
+                 'managedVMs': {'folderMoID': folder.value}},
+    })  # fmt: skip
+    env = {
+        'VMWATCH_VC_URL': vcsim.url,
+        'VMWATCH_VC_USER': vcsim.user,
+        'VMWATCH_VC_PASSWORD_FILE': str(vcsim.password_file),
+        'VMWATCH_VC_CA_FILE': str(vcsim.ca_file),
+        'VMWATCH_KUBECONFIG': str(kube_server.kubeconfig),
+        'VMWATCH_LEASE_NAMESPACE': namespace,
+        'VMWATCH_MAX_WAIT_S': '5',
+        'VMWATCH_LEASE_DURATION_S': '3',
+        'VMWATCH_RENEW_DEADLINE_S': '2',
+        'VMWATCH_RETRY_PERIOD_S': '0.25',
+    }
+    procs: list[RunProcess] = []
+
+    def start(name: str, **extra: str) -> RunProcess:
+        p = RunProcess(tmp_path, name, {**env, **extra})
+        procs.append(p)
+        return p
+
+    def named_vm(name: str) -> None:
+        objects.create_namespaced_custom_object('vmoperator.vmware.com', 'v1alpha6', namespace, 'virtualmachines', {
+            'apiVersion': 'vmoperator.vmware.com/v1alpha6', 'kind': 'VirtualMachine',
+            'metadata': {'name': name, 'namespace': namespace}, 'spec': {},
+        })  # fmt: skip
+
+    def vm_change(index: int, values: dict[str, str]) -> None:
+        vm = inv.vms_under(session, root)[index][0]
+        inv.move_into(session, folder, [vm])
+        inv.set_extra_config(session, vm, values)
+
+    yield SimpleNamespace(start=start, named_vm=named_vm, vm_change=vm_change, namespace=namespace, objects=objects)
+    for p in procs:
+        p.stop()
+    session.logout()
+    zone = objects.get_namespaced_custom_object('topology.tanzu.vmware.com', 'v1alpha1', namespace, 'zones', 'zone-a')
+    if zone['metadata'].get('finalizers'):
+        objects.patch_namespaced_custom_object('topology.tanzu.vmware.com', 'v1alpha1', namespace, 'zones', 'zone-a',
+                                               {'metadata': {'finalizers': None}},
+                                               _content_type='application/merge-patch+json')  # fmt: skip
+    objects.delete_namespaced_custom_object('topology.tanzu.vmware.com', 'v1alpha1', namespace, 'zones', 'zone-a')
+
+
+def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
+    p = run_env.start('a')
+    _until(lambda: _get(f'{p.base}/healthz')[0] == 200, 'healthz')
+    _until(lambda: _get(f'{p.base}/readyz') == (200, 'watching\n'), 'readyz: watching')
+    run_env.named_vm('vm-a')
+    run_env.vm_change(0, {'vmservice.namespacedName': f'{run_env.namespace}/vm-a'})
+    _until(lambda: any(line['name'] == 'vm-a' for line in p.lines()), 'a JSON line for vm-a')
+    line = next(line for line in p.lines() if line['name'] == 'vm-a')
+    assert line['namespace'] == run_env.namespace and isinstance(line['priority'], int)
+    code, metrics = _get(f'{p.base}/metrics')
+    assert code == 200
+    assert 'vmwatch_signals_total' in metrics and 'leader_election_master_status{name="vmwatch"} 1.0' in metrics
+    assert p.stop() == 0  # SIGTERM: a clean stop
+
+
+def test_two_replicas_one_lease_failover(run_env: Any) -> None:
+    a = run_env.start('a')
+    _until(lambda: _get(f'{a.base}/readyz') == (200, 'watching\n'), 'a leads')
+    b = run_env.start('b')
+    _until(lambda: _get(f'{b.base}/readyz')[1].startswith('standby'), 'b stands by')
+    a.stop(signal.SIGKILL)  # a crash: the Lease is not released and must expire
+    _until(lambda: _get(f'{b.base}/readyz') == (200, 'watching\n'), 'b takes over', timeout_s=30)
+    run_env.named_vm('vm-b')
+    run_env.vm_change(1, {'vmservice.namespacedName': f'{run_env.namespace}/vm-b'})
+    _until(lambda: any(line['name'] == 'vm-b' for line in b.lines()), 'b signals vm-b')
+
+
+@pytest.mark.parametrize(
+    ('env', 'message'),
+    [
+        ({'VMWATCH_VC_URL': 'not-a-url'}, 'is not an http(s) URL'),
+        ({'VMWATCH_WORKERS': 'many'}, "'many' is not a valid int"),
+        ({'VMWATCH_VC_INSECURE': 'maybe'}, 'is not a boolean'),
+        ({'ASYNC_SIGNAL_DISABLED': 'perhaps'}, 'is not a boolean'),
+        ({'VMWATCH_KUBECONFIG': '/nonexistent/kubeconfig'}, 'cannot load the Kubernetes configuration'),
+    ],
+)
+def test_bad_settings_exit_2_with_one_message(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    pw = tmp_path / 'pw'
+    pw.write_text('x\n')
+    base = {'VMWATCH_VC_URL': 'https://127.0.0.1:1/sdk', 'VMWATCH_VC_USER': 'u', 'VMWATCH_VC_PASSWORD_FILE': str(pw)}
+    proc = subprocess.run([sys.executable, '-m', 'vmwatch.cli', 'run'], env={**os.environ, **base, **env},
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert 'Traceback' not in proc.stderr
