@@ -68,6 +68,14 @@ test-python: build-prod ## pytest, with the real servers (vcsim, kube-apiserver,
 .PHONY: test
 test: lint test-rust test-python ## The whole suite: linters, cargo test, pytest with the real servers
 
+.PHONY: fuzz-smoke
+fuzz-smoke: ## Fuzz the decoder for FUZZ_SECONDS (default 60) with cargo-fuzz on nightly
+	bash fuzz/smoke.sh $(FUZZ_SECONDS)
+
+.PHONY: benchmark
+benchmark: build-prod ## Decode benchmark: vmwatch vs pyVmomi vs govmomi vs expat (writes benches/results/)
+	$(BIN)/python benches/decode_bench.py
+
 .PHONY: demo
 demo: build-prod servers ## Build everything and run the demo on a local vcsim + kube-apiserver
 	$(BIN)/vmwatch demo
