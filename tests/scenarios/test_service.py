@@ -255,3 +255,22 @@ async def test_deleting_zone_waits_for_a_watcher(kube_api: client.ApiClient, vc:
 @pytest.fixture
 def anyio_backend() -> str:
     return 'asyncio'
+
+
+async def test_48_verified_named_vm_one_request_per_real_change(kube_api: client.ApiClient, vc: VcsimServer) -> None:
+    """Spec 6.6: uniqueID = MoRef and the name in extraConfig, moved into the zone folder: the start brings no
+    request (the controller's own start reconciles it), one reconfigure brings exactly one."""
+    async with service_env(kube_api, vc) as env:
+        folder = await _ns_folder(env, zones=1)
+        vm = (await env.vsphere(inv.vms_under, await env.vsphere(inv.vm_folder)))[0][0]
+        env.create_vm('my-vm-1', unique_id=vm.value)
+        await env.index_has('my-vm-1', lambda e: e[0] == vm.value)
+        await env.vsphere(inv.set_extra_config, vm, {'vmservice.namespacedName': f'{env.namespace}/my-vm-1'})
+        await env.vsphere(inv.move_into, inv.MoRef('Folder', folder), [vm])
+        await _watching(env)
+        await env.settle()
+        assert env.received.count((env.namespace, 'my-vm-1')) == 0
+        await env.vsphere(inv.set_extra_config, vm, {'guestinfo.ipaddr': '1.2.3.4'})
+        await env.expect_request('my-vm-1')
+        await env.settle()
+        assert env.received.count((env.namespace, 'my-vm-1')) == 1
