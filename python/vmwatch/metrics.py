@@ -98,7 +98,15 @@ class HealthServer:
     'disabled: ASYNC_SIGNAL_DISABLED', or why not ready.
     """
 
-    def __init__(self, *, host: str, port: int, metrics: Metrics, ready: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        ready: Callable[[], tuple[bool, str]],
+        before_scrape: Callable[[], None] | None = None,
+    ) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -110,6 +118,8 @@ class HealthServer:
                     ok, reason = outer.ready()
                     self._send(200 if ok else 503, reason.encode() + b'\n', 'text/plain')
                 elif path == '/metrics':
+                    if outer.before_scrape is not None:
+                        outer.before_scrape()
                     self._send(200, outer.metrics.exposition(), CONTENT_TYPE_LATEST)
                 else:
                     self._send(404, b'not found\n', 'text/plain')
@@ -126,6 +136,7 @@ class HealthServer:
 
         self.metrics = metrics
         self.ready = ready
+        self.before_scrape = before_scrape
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name='vmwatch-health', daemon=True)

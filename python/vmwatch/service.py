@@ -133,6 +133,8 @@ class Service:
         self._rate_log = RateLimitedLog(log)
         self._stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
+        self._metrics_watcher: Watcher | None = None
+        self._metrics_seen: dict[str, int] = {}
 
     # -- health ---------------------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
@@ -353,6 +355,30 @@ class Service:
         md = obj.get('metadata') or {}
         return str(status.get('uniqueID') or ''), bool(md.get('deletionTimestamp')), vm_priority(obj)
 
+    def refresh_metrics(self) -> None:
+        """Copy the watcher's, cache's, index's and queue's counts into the metrics (called before a scrape)."""
+        m = self.metrics
+        watcher = self.slot.watcher
+        if watcher is not None:
+            if watcher is not self._metrics_watcher:  # a new watcher counts from zero
+                self._metrics_watcher, self._metrics_seen = watcher, {}
+            for key, counter in (
+                ('batches', m.batches),
+                ('objects', m.object_updates),
+                ('name_fetches', m.name_fetches),
+            ):
+                value = watcher.stats[key]
+                delta = value - self._metrics_seen.get(key, 0)
+                if delta > 0:
+                    counter.inc(delta)
+                    self._metrics_seen[key] = value
+                    if key == 'batches':
+                        m.last_wait.set_to_current_time()
+        m.observe_cache(self.decider.cache_stats())
+        m.index_size.set(len(self.index))
+        m.index_bytes.set(self.index.index.bytes())
+        m.queue_depth.labels(name='virtualmachine').set(len(self.queue))
+
     def snapshot(self) -> dict[str, Any]:
         """State for logs and tests."""
         return {
@@ -370,7 +396,6 @@ class Service:
 
 
 def add_parser(sub: Any) -> None:
-    import argparse
 
     from vmwatch.settings import add_service_arguments
 
@@ -379,7 +404,6 @@ def add_parser(sub: Any) -> None:
         help='the full service: Zone controller, VirtualMachine index, watcher, enqueue',
         description='Every setting is a flag and a VMWATCH_* environment variable (flags win). '
         'ASYNC_SIGNAL_DISABLED=true (or ASYNC_SIGNAL_ENABLED=false) keeps the process up but idle.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_service_arguments(p)
     p.set_defaults(func=run)
@@ -457,7 +481,9 @@ async def _serve(settings: ServiceSettings, api: client.ApiClient, disabled: boo
         return service.ready()
 
     host, _, port = settings.health_addr.rpartition(':')
-    health = HealthServer(host=host or '0.0.0.0', port=int(port), metrics=metrics, ready=ready).start()
+    health = HealthServer(
+        host=host or '0.0.0.0', port=int(port), metrics=metrics, ready=ready, before_scrape=service.refresh_metrics
+    ).start()
     log.info('health and metrics on %s:%d', *health.address)
     sink = AnnotateSink(api, annotation=settings.annotation, workers=settings.workers) if settings.sink == 'annotate' \
         else StdoutSink()  # fmt: skip

@@ -146,6 +146,10 @@ def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
     code, metrics = _get(f'{p.base}/metrics')
     assert code == 200
     assert 'vmwatch_signals_total' in metrics and 'leader_election_master_status{name="vmwatch"} 1.0' in metrics
+    values = {ln.split(' ')[0]: float(ln.split(' ')[1]) for ln in metrics.splitlines() if ln and not ln.startswith('#')}
+    assert values['vmwatch_batches_total'] >= 1 and values['vmwatch_object_updates_total'] >= 1
+    assert values['vmwatch_cache_items'] >= 1 and values['vmwatch_index_size'] >= 1
+    assert values['vmwatch_last_successful_wait_timestamp_seconds'] > 0
     assert p.stop() == 0  # SIGTERM: a clean stop
 
 
