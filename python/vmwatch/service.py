@@ -26,7 +26,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from vmwatch._vmwatch import Decider, Index, Signal
+from vmwatch._vmwatch import Index, Signal
 from vmwatch.kube.index import VirtualMachineIndex
 from vmwatch.kube.zones import (
     ZONE_GROUP,
@@ -37,6 +37,7 @@ from vmwatch.kube.zones import (
     folder_of,
     is_deleting,
     owner_id,
+    patch_finalizers,
 )
 from vmwatch.metrics import Metrics
 from vmwatch.queue import Key, WorkQueue
@@ -44,7 +45,7 @@ from vmwatch.settings import FINALIZER, LEGACY_FINALIZER, ServiceSettings, async
 from vmwatch.vsphere import Endpoint, InvalidLoginError, MoRef, NotAuthenticatedError, Session, SessionError
 from vmwatch.vsphere.errors import CredentialsError
 from vmwatch.vsphere.inventory import existing
-from vmwatch.watcher import AsyncSignalDisabledError, Watcher, WatcherSlot
+from vmwatch.watcher import AsyncSignalDisabledError, Watcher, WatcherSlot, make_decider
 
 __all__ = ['Backoff', 'RateLimitedLog', 'Service']
 
@@ -110,16 +111,8 @@ class Service:
         self.queue = queue or WorkQueue()
         self.disabled = async_signal_disabled() if disabled is None else disabled
         self.index = VirtualMachineIndex(api, index=Index())
-        fs = settings.filter_settings()
-        self.decider = Decider(  # process-global: the fingerprint cache survives watcher restarts (spec 1.1)
-            index=self.index.index,
-            watched_paths=fs.watched_paths,
-            ignored_keys=fs.all_ignored_keys(),
-            name_key=fs.name_key,
-            cache_max_entries=fs.cache_max_entries,
-            cache_ttl_s=fs.cache_ttl_s,
-            signal_on_leave=fs.signal_on_leave,
-        )
+        # process-global: the fingerprint cache survives watcher restarts (spec 1.1)
+        self.decider = make_decider(settings.filter_settings(), self.index.index)
         self.slot = WatcherSlot(disabled=self.disabled)
         self.zones = ZoneController(api, self.slot, disabled_errors=(AsyncSignalDisabledError,))
         self.objects: Any = client.CustomObjectsApi(api)  # dict bodies and results
@@ -301,12 +294,8 @@ class Service:
             if FINALIZER in finalizers(zone) or is_deleting(zone):
                 return
             wanted = [*finalizers(zone), FINALIZER]
-            body = {'metadata': {'finalizers': wanted, 'resourceVersion': md.get('resourceVersion')}}
             try:
-                await asyncio.to_thread(
-                    self.objects.patch_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'),
-                    ZONE_PLURAL, md.get('name'), body, _content_type='application/merge-patch+json',
-                )  # fmt: skip
+                await patch_finalizers(self.objects, zone, wanted)
                 return
             except ApiException as e:
                 if e.status == 404:

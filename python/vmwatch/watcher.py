@@ -73,6 +73,19 @@ class AsyncSignalDisabledError(VmwatchError):
         super().__init__(message)
 
 
+def make_decider(settings: FilterSettings, index: Index) -> Decider:
+    """The Rust decision core configured from `settings`, reading `index`."""
+    return Decider(
+        index=index,
+        watched_paths=settings.watched_paths,
+        ignored_keys=settings.all_ignored_keys(),
+        name_key=settings.name_key,
+        cache_max_entries=settings.cache_max_entries,
+        cache_ttl_s=settings.cache_ttl_s,
+        signal_on_leave=settings.signal_on_leave,
+    )
+
+
 class Watcher:
     """Watches the VMs in a set of containers of one vCenter and yields the ones that must be reconciled.
 
@@ -109,15 +122,7 @@ class Watcher:
         self._owns_session = session is None
         self._session = session if session is not None else Session(endpoint)  # type: ignore[arg-type]
         self._containers = {MoRef.parse(ref): tuple(ids) for ref, ids in (containers or {}).items()}
-        self.decider = decider or Decider(
-            index=index or Index(),
-            watched_paths=fs.watched_paths,
-            ignored_keys=fs.all_ignored_keys(),
-            name_key=fs.name_key,
-            cache_max_entries=fs.cache_max_entries,
-            cache_ttl_s=fs.cache_ttl_s,
-            signal_on_leave=fs.signal_on_leave,
-        )
+        self.decider = decider or make_decider(fs, index or Index())
         self._slot = slot
         self._max_pending = max(1, max_pending)
         self._keepalive_s = keepalive_s

@@ -8,40 +8,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import IO, Any
 
 import pytest
 from kubernetes import client
+from probes import http_get, wait_until
 
 from vmwatch.devenv import KubeServer, VcsimServer, free_port
 from vmwatch.vsphere import Endpoint, Session
 from vmwatch.vsphere import inventory as inv
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
-
-
-def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f'timed out after {timeout_s} s waiting for {what}')
-        time.sleep(0.05)
 
 
 class RunProcess:
@@ -136,14 +115,14 @@ def run_env(kube_server: KubeServer, kube_api: client.ApiClient, vcsim: VcsimSer
 
 def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
     p = run_env.start('a')
-    _until(lambda: _get(f'{p.base}/healthz')[0] == 200, 'healthz')
-    _until(lambda: _get(f'{p.base}/readyz') == (200, 'watching\n'), 'readyz: watching')
+    wait_until(lambda: http_get(f'{p.base}/healthz')[0] == 200, 'healthz')
+    wait_until(lambda: http_get(f'{p.base}/readyz') == (200, 'watching\n'), 'readyz: watching')
     run_env.named_vm('vm-a')
     run_env.vm_change(0, {'vmservice.namespacedName': f'{run_env.namespace}/vm-a'})
-    _until(lambda: any(line['name'] == 'vm-a' for line in p.lines()), 'a JSON line for vm-a')
+    wait_until(lambda: any(line['name'] == 'vm-a' for line in p.lines()), 'a JSON line for vm-a')
     line = next(line for line in p.lines() if line['name'] == 'vm-a')
     assert line['namespace'] == run_env.namespace and isinstance(line['priority'], int)
-    code, metrics = _get(f'{p.base}/metrics')
+    code, metrics = http_get(f'{p.base}/metrics')
     assert code == 200
     assert 'vmwatch_signals_total' in metrics and 'leader_election_master_status{name="vmwatch"} 1.0' in metrics
     values = {ln.split(' ')[0]: float(ln.split(' ')[1]) for ln in metrics.splitlines() if ln and not ln.startswith('#')}
@@ -155,14 +134,14 @@ def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
 
 def test_two_replicas_one_lease_failover(run_env: Any) -> None:
     a = run_env.start('a')
-    _until(lambda: _get(f'{a.base}/readyz') == (200, 'watching\n'), 'a leads')
+    wait_until(lambda: http_get(f'{a.base}/readyz') == (200, 'watching\n'), 'a leads')
     b = run_env.start('b')
-    _until(lambda: _get(f'{b.base}/readyz')[1].startswith('standby'), 'b stands by')
+    wait_until(lambda: http_get(f'{b.base}/readyz')[1].startswith('standby'), 'b stands by')
     a.stop(signal.SIGKILL)  # a crash: the Lease is not released and must expire
-    _until(lambda: _get(f'{b.base}/readyz') == (200, 'watching\n'), 'b takes over', timeout_s=30)
+    wait_until(lambda: http_get(f'{b.base}/readyz') == (200, 'watching\n'), 'b takes over', timeout_s=30)
     run_env.named_vm('vm-b')
     run_env.vm_change(1, {'vmservice.namespacedName': f'{run_env.namespace}/vm-b'})
-    _until(lambda: any(line['name'] == 'vm-b' for line in b.lines()), 'b signals vm-b')
+    wait_until(lambda: any(line['name'] == 'vm-b' for line in b.lines()), 'b signals vm-b')
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from kubernetes import client
 from kubernetes import config as kconfig
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
+from probes import http_get, wait_until
 
 from vmwatch.devenv import KubeServer, VcsimServer, free_port
 from vmwatch.kube.crds import crd_manifests, install_crds
@@ -41,28 +42,6 @@ SERVICE_ACCOUNT = 'vmwatch'
 ZONES = ('topology.tanzu.vmware.com', 'v1alpha1', 'zones')
 VMS = ('vmoperator.vmware.com', 'v1alpha6', 'virtualmachines')
 FIELD_MANAGER = 'vmwatch-test'
-
-
-def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f'timed out after {timeout_s} s waiting for {what}')
-        time.sleep(0.1)
-
-
-def _get(url: str) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
 
 
 def base_manifests() -> list[dict[str, Any]]:
@@ -282,7 +261,7 @@ def test_run_under_the_service_account_annotates_a_named_vm(
         proc = subprocess.Popen([sys.executable, '-m', 'vmwatch.cli', 'run'], env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
         try:
-            _until(lambda: _get(f'{base}/readyz') == (200, 'watching\n'), 'readyz: watching', timeout_s=60)
+            wait_until(lambda: http_get(f'{base}/readyz') == (200, 'watching\n'), 'readyz: watching', timeout_s=60)
             vm = inv.vms_under(session, root)[0][0]
             inv.move_into(session, folder, [vm])
             inv.set_extra_config(session, vm, {'vmservice.namespacedName': f'{namespace}/vm-a'})
@@ -291,8 +270,8 @@ def test_run_under_the_service_account_annotates_a_named_vm(
                 obj = admin_objects.get_namespaced_custom_object(*VMS[:2], namespace, VMS[2], 'vm-a')
                 return 'vmwatch.dev/async-signal' in (obj['metadata'].get('annotations') or {})
 
-            _until(annotated, 'the async-signal annotation on vm-a', timeout_s=60)
-            assert _get(f'{base}/readyz') == (200, 'watching\n')
+            wait_until(annotated, 'the async-signal annotation on vm-a', timeout_s=60)
+            assert http_get(f'{base}/readyz') == (200, 'watching\n')
             lease = client.CoordinationV1Api(rbac_cluster.admin).read_namespaced_lease('vmwatch', NAMESPACE)
             assert lease.spec.holder_identity
         finally:

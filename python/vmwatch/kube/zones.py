@@ -42,6 +42,7 @@ __all__ = [
     'ZoneController',
     'folder_of',
     'is_deleting',
+    'patch_finalizers',
 ]
 
 log = logging.getLogger('vmwatch.zones')
@@ -261,9 +262,14 @@ class ZoneController:
         return obj if isinstance(obj, dict) else None
 
     async def _set_finalizers(self, zone: dict[str, Any], wanted: Iterable[str]) -> None:
-        md = zone.get('metadata') or {}
-        body = {'metadata': {'finalizers': list(wanted), 'resourceVersion': md.get('resourceVersion')}}
-        await asyncio.to_thread(
-            self.objects.patch_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'), ZONE_PLURAL,
-            md.get('name'), body, _content_type='application/merge-patch+json',
-        )  # fmt: skip
+        await patch_finalizers(self.objects, zone, wanted)
+
+
+async def patch_finalizers(objects: Any, zone: dict[str, Any], wanted: Iterable[str]) -> None:
+    """Set the Zone's finalizers with a JSON merge patch, locked to the resourceVersion read (409 if stale)."""
+    md = zone.get('metadata') or {}
+    body = {'metadata': {'finalizers': list(wanted), 'resourceVersion': md.get('resourceVersion')}}
+    await asyncio.to_thread(
+        objects.patch_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'), ZONE_PLURAL,
+        md.get('name'), body, _content_type='application/merge-patch+json',
+    )  # fmt: skip
