@@ -51,8 +51,9 @@ lint-rust: ## cargo fmt --check and clippy
 	cargo clippy --all-targets -- -D warnings
 
 .PHONY: mypy
-mypy: $(STAMP) ## mypy --strict on python/
+mypy: $(STAMP) ## mypy --strict on python/, and the extension's stub checked against the build
 	$(BIN)/mypy python/vmwatch
+	$(BIN)/python -m mypy.stubtest vmwatch._vmwatch
 
 .PHONY: lint
 lint: lint-python lint-rust mypy ## All linters
