@@ -23,21 +23,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from vmwatch._vmwatch import Index, Signal
-from vmwatch.kube.index import VirtualMachineIndex
+from vmwatch.kube.index import VirtualMachineIndex, fetch_vm_entry
 from vmwatch.kube.zones import (
-    ZONE_GROUP,
-    ZONE_PLURAL,
-    ZONE_VERSION,
     ZoneController,
+    custom_objects,
+    ensure_finalizer,
     finalizers,
     folder_of,
     is_deleting,
     owner_id,
-    patch_finalizers,
 )
 from vmwatch.metrics import Metrics
 from vmwatch.queue import Key, WorkQueue
@@ -98,7 +93,7 @@ class Service:
         self,
         settings: ServiceSettings,
         *,
-        api: client.ApiClient,
+        api: Any,
         metrics: Metrics | None = None,
         queue: WorkQueue | None = None,
         disabled: bool | None = None,
@@ -115,7 +110,7 @@ class Service:
         self.decider = make_decider(settings.filter_settings(), self.index.index)
         self.slot = WatcherSlot(disabled=self.disabled)
         self.zones = ZoneController(api, self.slot, disabled_errors=(AsyncSignalDisabledError,))
-        self.objects: Any = client.CustomObjectsApi(api)  # dict bodies and results
+        self.objects = custom_objects(api)
         self.backoff = Backoff(settings.restart_initial_s, settings.restart_max_s, settings.restart_reset_s)
         self.status = 'starting'
         self.watching = False
@@ -279,35 +274,12 @@ class Service:
             log.warning('folder %s named by zones %s does not exist: not watched', ref, ', '.join(owners[ref]))
         for zone in to_patch:
             if MoRef.parse(folder_of(zone)) in alive:
-                await self._add_finalizer(zone)
+                await ensure_finalizer(self.objects, zone)
         result = {ref: ids for ref, ids in owners.items() if ref in alive}
         for ref, ids in result.items():
             for owner in ids:
                 self.zones.registry[owner] = str(ref)
         return result
-
-    async def _add_finalizer(self, zone: dict[str, Any]) -> None:
-        """Merge-patch our finalizer with optimistic locking. A conflict re-reads the Zone and tries again
-        (the Zone controller may have added it meanwhile); never onto a Zone that started deleting."""
-        for attempt in range(3):
-            md = zone.get('metadata') or {}
-            if FINALIZER in finalizers(zone) or is_deleting(zone):
-                return
-            wanted = [*finalizers(zone), FINALIZER]
-            try:
-                await patch_finalizers(self.objects, zone, wanted)
-                return
-            except ApiException as e:
-                if e.status == 404:
-                    return  # deleted meanwhile: nothing to protect
-                if e.status != 409 or attempt == 2:
-                    raise RuntimeError(
-                        f'failed to add finalizer to zone {owner_id(zone)}: {e.status} {e.reason}'
-                    ) from e
-            zone = await asyncio.to_thread(
-                self.objects.get_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'),
-                ZONE_PLURAL, md.get('name'),
-            )  # fmt: skip
 
     # -- signals -> requests --------------------------------------------------------------------------
     async def _handle(self, signal: Signal) -> None:
@@ -315,7 +287,7 @@ class Service:
         self.metrics.signals.inc()
         entry = self.index.get(signal.namespace, signal.name)
         if entry is None and not self.index.synced:
-            entry = await self._get_vm(signal.namespace, signal.name)
+            entry = await fetch_vm_entry(self.objects, signal.namespace, signal.name)
         if entry is None:
             log.debug('unable to validate vm %s/%s (%s): dropped', signal.namespace, signal.name, signal.moref)
             self.metrics.skipped.labels(reason='unvalidated').inc()
@@ -327,22 +299,6 @@ class Service:
         key: Key = (signal.namespace, signal.name)
         if self.queue.add(key, priority=priority):
             self.metrics.queue_adds.labels(name='virtualmachine').inc()
-
-    async def _get_vm(self, namespace: str, name: str) -> tuple[str, bool, int] | None:
-        from vmwatch.kube.index import VM_GROUP, VM_PLURAL, VM_VERSION
-        from vmwatch.kube.priority import vm_priority
-
-        try:
-            obj = await asyncio.to_thread(
-                self.objects.get_namespaced_custom_object, VM_GROUP, VM_VERSION, namespace, VM_PLURAL, name
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        status = obj.get('status') or {}
-        md = obj.get('metadata') or {}
-        return str(status.get('uniqueID') or ''), bool(md.get('deletionTimestamp')), vm_priority(obj)
 
     def refresh_metrics(self) -> None:
         """Copy the watcher's, cache's, index's and queue's counts into the metrics (called before a scrape)."""
@@ -441,7 +397,7 @@ def _lease_namespace(settings: ServiceSettings) -> str:
         return 'default'
 
 
-async def _serve(settings: ServiceSettings, api: client.ApiClient, disabled: bool) -> None:
+async def _serve(settings: ServiceSettings, api: Any, disabled: bool) -> None:
     import signal as signals
 
     from vmwatch.kube.leader import LeaderElector, LeaseSettings

@@ -28,7 +28,7 @@ from vmwatch._vmwatch import Index
 from vmwatch.kube.listwatch import ListWatch
 from vmwatch.kube.priority import vm_priority
 
-__all__ = ['VM_GROUP', 'VM_PLURAL', 'VM_VERSION', 'VirtualMachineIndex']
+__all__ = ['fetch_vm_entry', 'VM_GROUP', 'VM_PLURAL', 'VM_VERSION', 'VirtualMachineIndex']
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +167,20 @@ class VirtualMachineIndex(ListWatch):
             names.discard(name)
             if not names:
                 del self._names[namespace]
+
+
+async def fetch_vm_entry(objects: Any, namespace: str, name: str) -> tuple[str, bool, int] | None:
+    """(unique_id, deleting, priority) of a VirtualMachine read from the API (None when it does not exist):
+    what validation uses before the index has synced."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        obj = await asyncio.to_thread(objects.get_namespaced_custom_object, VM_GROUP, VM_VERSION, namespace,
+                                      VM_PLURAL, name)  # fmt: skip
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    status = obj.get('status') or {}
+    metadata = obj.get('metadata') or {}
+    return str(status.get('uniqueID') or ''), bool(metadata.get('deletionTimestamp')), vm_priority(obj)

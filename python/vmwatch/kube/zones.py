@@ -41,6 +41,8 @@ __all__ = [
     'ZoneCache',
     'ZoneController',
     'folder_of',
+    'custom_objects',
+    'ensure_finalizer',
     'is_deleting',
     'patch_finalizers',
 ]
@@ -273,3 +275,29 @@ async def patch_finalizers(objects: Any, zone: dict[str, Any], wanted: Iterable[
         objects.patch_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'), ZONE_PLURAL,
         md.get('name'), body, _content_type='application/merge-patch+json',
     )  # fmt: skip
+
+
+def custom_objects(api: Any) -> Any:
+    """A CustomObjectsApi on `api` (typed as Any: it takes and returns plain dicts)."""
+    return client.CustomObjectsApi(api)
+
+
+async def ensure_finalizer(objects: Any, zone: dict[str, Any]) -> None:
+    """Add our finalizer with optimistic locking (spec 4.3 step 5). A conflict re-reads the Zone and tries
+    again (the Zone controller may have added it meanwhile); never onto a Zone that started deleting."""
+    for attempt in range(3):
+        md = zone.get('metadata') or {}
+        if FINALIZER in finalizers(zone) or is_deleting(zone):
+            return
+        try:
+            await patch_finalizers(objects, zone, [*finalizers(zone), FINALIZER])
+            return
+        except ApiException as e:
+            if e.status == 404:
+                return  # deleted meanwhile: nothing to protect
+            if e.status != 409 or attempt == 2:
+                raise RuntimeError(f'failed to add finalizer to zone {owner_id(zone)}: {e.status} {e.reason}') from e
+        zone = await asyncio.to_thread(
+            objects.get_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'), ZONE_PLURAL,
+            md.get('name'),
+        )  # fmt: skip
