@@ -104,6 +104,9 @@ class Service:
         self.api = api
         self.metrics = metrics or Metrics()
         self.queue = queue or WorkQueue()
+        qm = self.queue.metrics  # client-go's workqueue histograms, observed as the queue works
+        qm.on_latency_s = self.metrics.queue_latency.labels(name='virtualmachine').observe
+        qm.on_work_s = self.metrics.work_duration.labels(name='virtualmachine').observe
         self.disabled = async_signal_disabled() if disabled is None else disabled
         self.index = VirtualMachineIndex(api, index=Index())
         # process-global: the fingerprint cache survives watcher restarts (spec 1.1)
@@ -123,6 +126,7 @@ class Service:
         self._watch_task: asyncio.Task[None] | None = None
         self._metrics_watcher: Watcher | None = None
         self._metrics_seen: dict[str, int] = {}
+        self._queue_retries_seen = 0
 
     # -- health ---------------------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
@@ -323,6 +327,10 @@ class Service:
         m.index_size.set(len(self.index))
         m.index_bytes.set(self.index.index.bytes())
         m.queue_depth.labels(name='virtualmachine').set(len(self.queue))
+        retries = self.queue.metrics.retries - self._queue_retries_seen
+        if retries > 0:
+            m.queue_retries.labels(name='virtualmachine').inc(retries)
+            self._queue_retries_seen = self.queue.metrics.retries
 
     def snapshot(self) -> dict[str, Any]:
         """State for logs and tests."""

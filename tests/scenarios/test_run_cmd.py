@@ -129,6 +129,7 @@ def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
     assert values['vmwatch_batches_total'] >= 1 and values['vmwatch_object_updates_total'] >= 1
     assert values['vmwatch_cache_items'] >= 1 and values['vmwatch_index_size'] >= 1
     assert values['vmwatch_last_successful_wait_timestamp_seconds'] > 0
+    assert values['workqueue_work_duration_seconds_count{name="virtualmachine"}'] >= 1
     assert p.stop() == 0  # SIGTERM: a clean stop
 
 
