@@ -195,17 +195,24 @@ impl<'a, 'f> Parser<'a, 'f> {
             .tok
             .next_tok()
             .map_err(|e| VmwatchError::decode(e.kind, e.msg, e.offset))?;
-        match t {
-            Tok::Start { attrs, empty, .. } if attrs.len() > 6 && XMLNS_FINDER.find(attrs).is_some() => {
-                // declarations of a non-empty element live at its (new) depth
-                let depth = self.depth() + usize::from(empty);
-                self.scan_xmlns(attrs, depth)?;
-                self.pop_after_empty = empty;
-            }
-            Tok::End { .. } => self.pop_xmlns(self.depth() + 1),
-            _ => {}
+        if let Tok::End { .. } = t {
+            self.pop_xmlns(self.depth() + 1);
         }
         Ok(t)
+    }
+
+    /// Register the XSI prefixes a start tag declares (at its own depth). Called for every
+    /// element whose content is interpreted: structural ones in `children`, and inside values
+    /// in the same pass that reads `xsi:type`; skipped subtrees need none.
+    #[inline]
+    fn declare(&mut self, attrs: &'a [u8], empty: bool) -> Result<()> {
+        if attrs.len() > 6 && XMLNS_FINDER.find(attrs).is_some() {
+            // declarations of a non-empty element live at its (new) depth
+            let depth = self.depth() + usize::from(empty);
+            self.scan_xmlns(attrs, depth)?;
+            self.pop_after_empty = empty;
+        }
+        Ok(())
     }
 
     fn scan_xmlns(&mut self, attrs: &'a [u8], depth: usize) -> Result<()> {
@@ -349,7 +356,10 @@ impl<'a, 'f> Parser<'a, 'f> {
         let target = self.depth() - 1;
         loop {
             match self.next()? {
-                Tok::Start { name, attrs, empty } => f(self, Elem { name, attrs }, empty)?,
+                Tok::Start { name, attrs, empty } => {
+                    self.declare(attrs, empty)?;
+                    f(self, Elem { name, attrs }, empty)?
+                }
                 Tok::End { .. } if self.depth() == target => return Ok(()),
                 Tok::End { .. } => return Err(self.err("xml_syntax", "unbalanced end tag")),
                 Tok::Text(t) if !all_space(t) => {
@@ -366,7 +376,10 @@ impl<'a, 'f> Parser<'a, 'f> {
         // <Envelope>
         let env = loop {
             match self.next()? {
-                Tok::Start { name, attrs, empty } => break (Elem { name, attrs }, empty),
+                Tok::Start { name, attrs, empty } => {
+                    self.declare(attrs, empty)?;
+                    break (Elem { name, attrs }, empty);
+                }
                 Tok::Text(t) if all_space(t) => continue,
                 Tok::Eof => return Err(self.err("not_soap", "empty document: no SOAP envelope")),
                 _ => return Err(self.err("not_soap", "expected a SOAP envelope")),
@@ -683,7 +696,8 @@ impl<'a, 'f> Parser<'a, 'f> {
         Ok(change)
     }
 
-    fn start_value_elem(&mut self, e: Elem<'a>) -> Result<()> {
+    fn start_value_elem(&mut self, e: Elem<'a>, empty: bool) -> Result<()> {
+        self.declare(e.attrs, empty)?;
         let a = self.attrs(e)?;
         self.enc.start(local(e.name), a.xsi_type, a.nil);
         if !a.mo_type.is_empty() {
@@ -706,7 +720,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         loop {
             match self.next()? {
                 Tok::Start { name, attrs, empty } => {
-                    self.start_value_elem(Elem { name, attrs })?;
+                    self.start_value_elem(Elem { name, attrs }, empty)?;
                     if empty {
                         self.enc.end();
                     }

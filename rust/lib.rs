@@ -30,7 +30,10 @@ fn pep440(v: &str) -> String {
 fn _vmwatch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", pep440(env!("CARGO_PKG_VERSION")))?;
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    m.add("build_info", format!("profile={profile} pyo3=0.30.1 quick-xml xxh3"))?;
+    m.add(
+        "build_info",
+        format!("profile={profile} pyo3=0.30.1 xml=own-tokenizer hash=xxh3-64"),
+    )?;
     m.add("KIND_ENTER", decode::KIND_ENTER)?;
     m.add("KIND_MODIFY", decode::KIND_MODIFY)?;
     m.add("KIND_LEAVE", decode::KIND_LEAVE)?;
