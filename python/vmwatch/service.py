@@ -332,18 +332,6 @@ class Service:
             m.queue_retries.labels(name='virtualmachine').inc(retries)
             self._queue_retries_seen = self.queue.metrics.retries
 
-    def snapshot(self) -> dict[str, Any]:
-        """State for logs and tests."""
-        return {
-            'status': self.status,
-            'watching': self.watching,
-            'restarts': self.restarts,
-            'logins': self.logins,
-            'queue_depth': len(self.queue),
-            'index': len(self.index),
-            'cache': self.decider.cache_stats(),
-        }
-
 
 # -- `vmwatch run` --------------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -74,14 +74,12 @@ def owner_id(zone: dict[str, Any]) -> str:
     return f'{md.get("namespace", "")}/{md.get("name", "")}'
 
 
-class FolderTargets:
+class FolderTargets(Protocol):
     """What the controller needs from the watcher slot (vmwatch.watcher.WatcherSlot satisfies it)."""
 
-    async def add(self, ref: str, owner_id: str) -> None:
-        raise NotImplementedError
+    async def add(self, ref: str, owner_id: str) -> None: ...
 
-    async def remove(self, ref: str, owner_id: str) -> None:
-        raise NotImplementedError
+    async def remove(self, ref: str, owner_id: str) -> None: ...
 
 
 class ZoneCache(ListWatch):
@@ -144,7 +142,7 @@ class ZoneController:
     def __init__(
         self,
         api: client.ApiClient,
-        targets: FolderTargets | Any,
+        targets: FolderTargets,
         *,
         disabled_errors: tuple[type[BaseException], ...] = (),
         workers: int = 2,
