@@ -507,7 +507,9 @@ def _prepare_vcsim(vms: int, state_dir: Path, unverified_every: int) -> tuple[An
     return vc, ep, [(folder, 'bench-zone'), *((ref, name) for ref, name in listed)]
 
 
-def _startup_once(impl: str, ep: Any, folder: Any, listed: list[tuple[Any, str]], unverified_every: int) -> dict:
+def _startup_once(
+    impl: str, ep: Any, folder: Any, listed: list[tuple[Any, str]], unverified_every: int
+) -> dict[str, Any]:
     from vmwatch.vsphere import Session, Views
     from vmwatch.vsphere.collector import Collector
 
