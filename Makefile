@@ -77,6 +77,11 @@ fuzz-smoke: ## Fuzz the decoder for FUZZ_SECONDS (default 60) with cargo-fuzz on
 benchmark: build-prod ## Decode benchmark: vmwatch vs pyVmomi vs govmomi vs expat (writes benches/results/)
 	$(BIN)/python benches/decode_bench.py
 
+.PHONY: bench
+bench: build-prod ## Pipeline benchmarks vs a plain pyVmomi watcher (~15 min): benches/results/pipeline-<date>.json + PNGs
+	$(BIN)/pip install -q 'matplotlib>=3.8'
+	$(BIN)/python benches/pipeline_bench.py --startup-vms 1000 2000
+
 .PHONY: demo
 demo: build-prod servers ## Build everything and run the demo on a local vcsim + kube-apiserver
 	$(BIN)/vmwatch demo
