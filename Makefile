@@ -63,7 +63,7 @@ test-rust: ## cargo test
 	cargo test -q
 
 .PHONY: test-python
-test-python: build-prod ## pytest, with the real servers (vcsim, kube-apiserver, etcd)
+test-python: build-prod servers ## pytest, with the real servers (vcsim, kube-apiserver, etcd; built once first)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test
