@@ -40,6 +40,7 @@ from xml.parsers import expat
 
 from pyVmomi import SoapAdapter, vmodl
 
+from machine_info import cpu_model
 from vmwatch import _vmwatch
 from vmwatch.settings import DEFAULT_IGNORED_EXTRA_CONFIG_KEYS, DEFAULT_WATCHED_PATHS
 
@@ -103,14 +104,7 @@ def run_go(exe: Path, files: list[Path], runs: int, cpu: int | None) -> dict[str
 
 
 def machine() -> dict[str, Any]:
-    model = ''
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                model = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     mem = ''
     try:
         mem = Path('/proc/meminfo').read_text().splitlines()[0].split(':', 1)[1].strip()

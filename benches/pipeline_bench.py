@@ -49,6 +49,7 @@ from pyVmomi import SoapAdapter, VmomiSupport
 
 import vmwatch
 from baseline_pyvmomi import BaselineDecider, property_collector, wait_options
+from machine_info import cpu_model
 from vmwatch import _vmwatch
 from vmwatch.queue import WorkQueue
 from vmwatch.settings import FilterSettings
@@ -105,14 +106,7 @@ def load(name: str | Path) -> bytes:
 
 
 def machine() -> dict[str, Any]:
-    model = ''
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                model = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     try:
         load_avg = list(os.getloadavg())
     except OSError:
