@@ -36,6 +36,9 @@ class Metrics:
         self.skipped = Counter(
             'vmwatch_skipped', 'Object updates that did not signal, by reason.', ['reason'], registry=r
         )
+        self.validation_gets = Counter(
+            'vmwatch_validation_gets', 'VirtualMachine GETs for signals the index did not have (yet).', registry=r
+        )
         self.name_fetches = Counter('vmwatch_name_fetches', 'RetrievePropertiesEx calls fetching VM names.', registry=r)
         self.batch_seconds = Histogram(
             'vmwatch_batch_duration_seconds', 'Decode + decide time per response.', buckets=_LATENCY_BUCKETS, registry=r

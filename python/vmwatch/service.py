@@ -7,7 +7,7 @@
 One watcher lifetime: log in (the password file is read again), gather the Zones' folders (skipping
 deleting Zones without our finalizer, filtering folders that no longer exist with one
 RetrievePropertiesEx, adding the finalizer to the live Zones being watched), start the watcher, and
-for every signal validate it against the VirtualMachine index (or the API before the index synced) and
+for every signal validate it against the VirtualMachine index (or the API when the index does not have it yet) and
 enqueue (namespace, name) with the VM's priority. When the watcher ends it is restarted after a capped
 exponential backoff with jitter, reset after a healthy period (spec 7.2 #1); repeated failures of the
 same kind are logged at a bounded rate.
@@ -25,6 +25,7 @@ from typing import Any
 
 from vmwatch._vmwatch import Index, Signal
 from vmwatch.kube.index import VirtualMachineIndex, fetch_vm_entry
+from vmwatch.kube.priority import PRIORITY_GENERIC
 from vmwatch.kube.zones import (
     ZoneController,
     custom_objects,
@@ -290,8 +291,16 @@ class Service:
         """Spec 4.5: enqueue only VMs that exist in this cluster (and are not being deleted)."""
         self.metrics.signals.inc()
         entry = self.index.get(signal.namespace, signal.name)
-        if entry is None and not self.index.synced:
-            entry = await fetch_vm_entry(self.objects, signal.namespace, signal.name)
+        if entry is None:
+            # The index follows a watch and lags the API: a VirtualMachine created a moment before its
+            # vSphere change is not in it yet. The API is the authority; only a 404 there drops the signal.
+            self.metrics.validation_gets.inc()
+            try:
+                entry = await fetch_vm_entry(self.objects, signal.namespace, signal.name)
+            except Exception as e:  # the API is unreachable or refuses: a spurious request beats a lost one
+                self._rate_log.log(logging.WARNING, 'validate', 'unable to read vm %s/%s to validate it (%s): '
+                                   'enqueued unvalidated', signal.namespace, signal.name, e)  # fmt: skip
+                entry = ('', False, PRIORITY_GENERIC)
         if entry is None:
             log.debug('unable to validate vm %s/%s (%s): dropped', signal.namespace, signal.name, signal.moref)
             self.metrics.skipped.labels(reason='unvalidated').inc()
