@@ -308,13 +308,15 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_service_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServiceSettings:
-    """Flags over VMWATCH_* environment variables over defaults; SettingsError on a bad value."""
+    """Flags over VMWATCH_* environment variables over defaults; SettingsError on a bad value.
+
+    An empty environment variable counts as unset, so deploy/base/configmap.yaml can list every setting."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(ServiceSettings):
         raw = getattr(args, f.name, None)
         if raw is None:
-            raw = env.get(_env_name(f.name))
+            raw = env.get(_env_name(f.name)) or None  # an empty variable is unset (a ConfigMap lists them all)
         if raw is None:
             continue
         value = _convert(f.name, str(raw), f.type)

@@ -42,9 +42,11 @@ def test_cli_help_snapshot_matches_the_real_command() -> None:
 
 
 def test_docs_gen_check_mode(tmp_path: Path) -> None:
-    assert docs_gen.main([str(tmp_path), '--check']) == 1
-    assert docs_gen.main([str(tmp_path)]) == 0
-    assert docs_gen.main([str(tmp_path), '--check']) == 0
+    args = [str(tmp_path / 'docs'), '--deploy-dir', str(tmp_path / 'deploy')]
+    assert docs_gen.main([*args, '--check']) == 1
+    assert docs_gen.main(args) == 0
+    assert docs_gen.main([*args, '--check']) == 0
+    assert (tmp_path / 'deploy' / 'configmap.yaml').read_text() == docs_gen.configmap_yaml()
 
 
 _SUFFIXES = {'counter': ('_total',), 'histogram': ('_bucket', '_sum', '_count'), 'gauge': ('',)}
