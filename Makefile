@@ -55,8 +55,12 @@ mypy: $(STAMP) ## mypy --strict on python/, and the extension's stub checked aga
 	$(BIN)/mypy python/vmwatch
 	$(BIN)/python -m mypy.stubtest vmwatch._vmwatch
 
+.PHONY: lint-docker
+lint-docker: $(STAMP) ## hadolint on the Dockerfile (there is no Docker engine here to build the image)
+	$(BIN)/hadolint Dockerfile
+
 .PHONY: lint
-lint: lint-python lint-rust mypy ## All linters
+lint: lint-python lint-rust mypy lint-docker ## All linters
 
 .PHONY: test-rust
 test-rust: ## cargo test

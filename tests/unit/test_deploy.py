@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -99,3 +101,26 @@ def test_example_overlay_patches_known_settings_and_stays_valid() -> None:
     settings = load_service_settings(NO_FLAGS, environ=merged).validate()
     assert settings.workers == 8 and settings.vc_url.startswith('https://vcenter.corp.')
     assert 'tools.heartbeat' in settings.filter_settings().all_ignored_keys()
+
+
+def test_dockerfile_copies_what_exists_and_matches_the_deployment() -> None:
+    """No engine here builds the image (hadolint runs in `make lint`): check what the tree can check."""
+    root = DEPLOY.parent
+    text = (root / 'Dockerfile').read_text()
+    sources = [src for line in text.splitlines() if line.startswith('COPY ') and '--from=' not in line
+               for src in line.split()[1:-1]]  # fmt: skip
+    assert sources, 'no COPY lines'
+    for src in sources:
+        assert (root / src).exists(), f'the Dockerfile copies {src}, which does not exist'
+    pod = _deployment()['spec']['template']['spec']
+    user = re.search(r'^USER (\d+):(\d+)$', text, re.M)
+    assert user and int(user.group(1)) == pod['securityContext']['runAsUser']
+    port = int(_configmap()['data']['VMWATCH_HEALTH_ADDR'].rsplit(':', 1)[1])
+    assert re.search(rf'^EXPOSE {port}$', text, re.M)
+    (container,) = pod['containers']
+    assert re.search(r'^ENTRYPOINT \["vmwatch"\]$', text, re.M) and container['args'] == ['run']
+    rust = re.search(r'^FROM rust:(\d+\.\d+)', text, re.M)
+    toolchain = tomllib.loads((root / 'Cargo.toml').read_text())['package'].get('rust-version')
+    assert rust and (
+        toolchain is None or tuple(map(int, rust.group(1).split('.'))) >= tuple(map(int, toolchain.split('.')[:2]))
+    )
