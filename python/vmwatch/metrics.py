@@ -12,10 +12,13 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from vmwatch.queue import WorkQueue
 
 __all__ = ['HealthServer', 'Metrics']
 
@@ -76,6 +79,27 @@ class Metrics:
         self.lease_holder = Gauge(
             'vmwatch_lease_holder', '1 for the identity currently holding the Lease.', ['identity'], registry=r
         )
+
+        self._queues: dict[str, tuple[WorkQueue, dict[str, int]]] = {}
+
+    def watch_queue(self, name: str, queue: WorkQueue) -> None:
+        """Export `queue` as client-go's workqueue_* series with label name=`name`: latencies and work
+        durations as they happen, depth, adds and retries at every scrape (`observe_queues`)."""
+        qm = queue.metrics
+        qm.on_latency_s = self.queue_latency.labels(name=name).observe
+        qm.on_work_s = self.work_duration.labels(name=name).observe
+        self._queues[name] = (queue, {'adds': qm.adds, 'retries': qm.retries})
+        self.queue_adds.labels(name=name)  # the series exist (at 0) before the first add
+        self.queue_retries.labels(name=name)
+
+    def observe_queues(self) -> None:
+        for name, (queue, seen) in self._queues.items():
+            self.queue_depth.labels(name=name).set(len(queue))
+            for key, counter in (('adds', self.queue_adds), ('retries', self.queue_retries)):
+                value = getattr(queue.metrics, key)
+                if value > seen[key]:
+                    counter.labels(name=name).inc(value - seen[key])
+                    seen[key] = value
 
     def observe_cache(self, stats: dict[str, int]) -> None:
         """Copy Decider.cache_stats() into the gauges."""

@@ -105,15 +105,14 @@ class Service:
         self.api = api
         self.metrics = metrics or Metrics()
         self.queue = queue or WorkQueue()
-        qm = self.queue.metrics  # client-go's workqueue histograms, observed as the queue works
-        qm.on_latency_s = self.metrics.queue_latency.labels(name='virtualmachine').observe
-        qm.on_work_s = self.metrics.work_duration.labels(name='virtualmachine').observe
+        self.metrics.watch_queue('virtualmachine', self.queue)
         self.disabled = async_signal_disabled() if disabled is None else disabled
         self.index = VirtualMachineIndex(api, index=Index())
         # process-global: the fingerprint cache survives watcher restarts (spec 1.1)
         self.decider = make_decider(settings.filter_settings(), self.index.index)
         self.slot = WatcherSlot(disabled=self.disabled)
         self.zones = ZoneController(api, self.slot, disabled_errors=(AsyncSignalDisabledError,))
+        self.metrics.watch_queue('zone', self.zones.queue)
         self.objects = custom_objects(api)
         self.backoff = Backoff(settings.restart_initial_s, settings.restart_max_s, settings.restart_reset_s)
         self.status = 'starting'
@@ -127,7 +126,6 @@ class Service:
         self._watch_task: asyncio.Task[None] | None = None
         self._metrics_watcher: Watcher | None = None
         self._metrics_seen: dict[str, int] = {}
-        self._queue_retries_seen = 0
 
     # -- health ---------------------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
@@ -310,8 +308,7 @@ class Service:
             self.metrics.skipped.labels(reason='deleting').inc()
             return
         key: Key = (signal.namespace, signal.name)
-        if self.queue.add(key, priority=priority):
-            self.metrics.queue_adds.labels(name='virtualmachine').inc()
+        self.queue.add(key, priority=priority)
 
     def refresh_metrics(self) -> None:
         """Copy the watcher's, cache's, index's and queue's counts into the metrics (called before a scrape)."""
@@ -335,11 +332,7 @@ class Service:
         m.observe_cache(self.decider.cache_stats())
         m.index_size.set(len(self.index))
         m.index_bytes.set(self.index.index.bytes())
-        m.queue_depth.labels(name='virtualmachine').set(len(self.queue))
-        retries = self.queue.metrics.retries - self._queue_retries_seen
-        if retries > 0:
-            m.queue_retries.labels(name='virtualmachine').inc(retries)
-            self._queue_retries_seen = self.queue.metrics.retries
+        m.observe_queues()
 
 
 # -- `vmwatch run` --------------------------------------------------------------------------------------------

@@ -56,7 +56,13 @@ class RunProcess:
 
 
 @pytest.fixture
-def run_env(kube_server: KubeServer, kube_api: client.ApiClient, vcsim: VcsimServer, tmp_path: Path) -> Iterator[Any]:
+def run_env(
+    kube_server: KubeServer,
+    kube_api: client.ApiClient,
+    vcsim: VcsimServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[Any]:
     namespace = 'run-' + uuid.uuid4().hex[:8]
     client.CoreV1Api(kube_api).create_namespace({'metadata': {'name': namespace}})
     objects: Any = client.CustomObjectsApi(kube_api)
@@ -104,6 +110,11 @@ def run_env(kube_server: KubeServer, kube_api: client.ApiClient, vcsim: VcsimSer
     yield SimpleNamespace(start=start, named_vm=named_vm, vm_change=vm_change, namespace=namespace, objects=objects)
     for p in procs:
         p.stop()
+    if any(getattr(request.node, f'rep_{when}', None) and getattr(request.node, f'rep_{when}').failed
+           for when in ('setup', 'call')):  # fmt: skip
+        for p in procs:  # CI shows only the output: print what each process logged and wrote
+            print(f'\n--- {p.err_path.name} (last 60 lines)\n' + '\n'.join(p.err_path.read_text().splitlines()[-60:]))
+            print(f'--- {p.out_path.name}\n' + p.out_path.read_text()[-4000:])
     session.logout()
     zone = objects.get_namespaced_custom_object('topology.tanzu.vmware.com', 'v1alpha1', namespace, 'zones', 'zone-a')
     if zone['metadata'].get('finalizers'):
@@ -126,7 +137,7 @@ def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
     assert code == 200
     assert 'vmwatch_signals_total' in metrics and 'leader_election_master_status{name="vmwatch"} 1.0' in metrics
     values = {ln.split(' ')[0]: float(ln.split(' ')[1]) for ln in metrics.splitlines() if ln and not ln.startswith('#')}
-    assert values['vmwatch_batches_total'] >= 1 and values['vmwatch_object_updates_total'] >= 1
+    assert values['vmwatch_batches_total'] >= 1 and values['vmwatch_object_updates_total'] >= 1, metrics
     assert values['vmwatch_cache_items'] >= 1 and values['vmwatch_index_size'] >= 1
     assert values['vmwatch_last_successful_wait_timestamp_seconds'] > 0
     assert values['workqueue_work_duration_seconds_count{name="virtualmachine"}'] >= 1

@@ -43,3 +43,30 @@ def test_health_ready_and_metrics(health: tuple[HealthServer, Metrics, dict[str,
     assert 'vmwatch_cache_evictions 2.0' in body
     assert 'vmwatch_lease_holder{identity="replica-a"} 1.0' in body
     assert _get(f'{base}/nope')[0] == 404
+
+
+@pytest.mark.anyio
+async def test_each_queue_is_exported_under_its_own_name() -> None:
+    from vmwatch.queue import WorkQueue
+
+    metrics = Metrics()
+    vms, zones = WorkQueue(), WorkQueue()
+    metrics.watch_queue('virtualmachine', vms)
+    metrics.watch_queue('zone', zones)
+    vms.add(('ns', 'a'))
+    vms.add(('ns', 'a'))  # coalesced, still an add (client-go counts every Add)
+    vms.add(('ns', 'b'))
+    zones.add(('ns', 'zone-a'))
+    key = await zones.get()
+    zones.add_rate_limited(key)
+    zones.done(key)
+    metrics.observe_queues()
+    metrics.observe_queues()  # a second scrape adds nothing
+    value = metrics.registry.get_sample_value
+    assert value('workqueue_adds_total', {'name': 'virtualmachine'}) == 3
+    assert value('workqueue_depth', {'name': 'virtualmachine'}) == 2
+    assert value('workqueue_adds_total', {'name': 'zone'}) == 2
+    assert value('workqueue_retries_total', {'name': 'zone'}) == 1
+    assert value('workqueue_retries_total', {'name': 'virtualmachine'}) == 0
+    assert value('workqueue_work_duration_seconds_count', {'name': 'zone'}) == 1
+    assert value('workqueue_queue_duration_seconds_count', {'name': 'zone'}) == 1
