@@ -164,11 +164,20 @@ def test_two_replicas_one_lease_failover(run_env: Any) -> None:
         ({'VMWATCH_VC_INSECURE': 'maybe'}, 'is not a boolean'),
         ({'ASYNC_SIGNAL_DISABLED': 'perhaps'}, 'is not a boolean'),
         ({'VMWATCH_KUBECONFIG': '/nonexistent/kubeconfig'}, 'cannot load the Kubernetes configuration'),
+        ({'VMWATCH_KUBECONFIG': '{tmp}/garbage.yaml'}, 'cannot load the Kubernetes configuration'),
+        ({'VMWATCH_KUBECONFIG': '{tmp}/no-context.yaml'}, 'cannot load the Kubernetes configuration'),
+        ({'VMWATCH_VC_PASSWORD_FILE': ''}, 'VMWATCH_VC_PASSWORD_FILE is required'),
+        ({'VMWATCH_LEASE_DURATION_S': '1', 'VMWATCH_RENEW_DEADLINE_S': '2'}, 'shorter than --lease-duration-s'),
+        ({'VMWATCH_SINK': 'kafka'}, "'kafka' is not one of"),
+        ({'VMWATCH_HEALTH_ADDR': '8081'}, 'is not host:port'),
     ],
 )
 def test_bad_settings_exit_2_with_one_message(tmp_path: Path, env: dict[str, str], message: str) -> None:
     pw = tmp_path / 'pw'
     pw.write_text('x\n')
+    (tmp_path / 'garbage.yaml').write_text('clusters: [\n  {{{ not yaml')
+    (tmp_path / 'no-context.yaml').write_text('apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n')
+    env = {k: v.replace('{tmp}', str(tmp_path)) for k, v in env.items()}
     base = {'VMWATCH_VC_URL': 'https://127.0.0.1:1/sdk', 'VMWATCH_VC_USER': 'u', 'VMWATCH_VC_PASSWORD_FILE': str(pw)}
     proc = subprocess.run([sys.executable, '-m', 'vmwatch.cli', 'run'], env={**os.environ, **base, **env},
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
