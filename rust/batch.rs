@@ -337,20 +337,27 @@ impl Decider {
         if up.changed & self.paths.extra_config_mask != 0 || matches!(name_in_update, Some(Some(_))) {
             self.cache.set_negative(slot, false);
         }
+        // The name key is not fingerprinted (the operator writes it), but a VM that gains a name it
+        // did not have, or another one, now maps to a Kubernetes object that never heard of it.
+        let mut name_gained = false;
         let name: Option<(String, String)> = match &name_in_update {
             Some(n) => {
                 let s = n.as_ref().map(|(a, b)| format!("{a}/{b}"));
+                name_gained = s.is_some() && !up.new && self.cache.name(slot) != s;
                 self.cache.set_name(slot, s.as_deref());
                 n.clone()
             }
             None => self.cache.name(slot).as_deref().and_then(split_name),
         };
-        if !up.new && up.changed == 0 && overflow.is_empty() {
+        if !up.new && up.changed == 0 && overflow.is_empty() && !name_gained {
             out.skipped.unchanged += 1;
             return;
         }
         let mut changed = Vec::new();
         self.paths.names_of(up.changed, &mut changed);
+        if name_gained && up.changed & self.paths.extra_config_mask == 0 {
+            changed.push(EXTRA_CONFIG_PATH.to_owned());
+        }
         changed.extend(overflow);
         changed.sort_unstable();
         changed.dedup();

@@ -12,12 +12,15 @@ import orjson
 
 __all__ = ['RedactingFilter', 'configure_logging']
 
-# vmware_soap_session="..." cookies and password=... pairs, wherever they might end up in a message
-_SECRETS = re.compile(r'(vmware_soap_session=)"?[^";\s]+"?|((?:password|passwd|pwd|token)\s*[=:]\s*)\S+', re.I)
+# vmware_soap_session="..." cookies, password=... pairs, and the session key vCenter embeds in the
+# MoRefs of a session's PropertyCollector objects (`session[<key>]<id>`), wherever they end up in a message
+_SECRETS = re.compile(
+    r'(vmware_soap_session=)"?[^";\s]+"?|((?:password|passwd|pwd|token)\s*[=:]\s*)\S+|(session\[)[^\]\s]+(?=\])', re.I
+)
 
 
 def _redact(text: str) -> str:
-    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + '<redacted>', text)
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + '<redacted>', text)
 
 
 class RedactingFilter(logging.Filter):
@@ -31,13 +34,20 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """The text format, redacted after formatting (so tracebacks are covered too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _redact(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             'time': datetime.fromtimestamp(record.created, UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ'),
             'level': record.levelname.lower(),
             'logger': record.name,
-            'msg': record.getMessage(),
+            'msg': _redact(record.getMessage()),
         }
         if record.exc_info:
             entry['error'] = _redact(self.formatException(record.exc_info))
@@ -50,7 +60,7 @@ def configure_logging(*, level: str = 'INFO', json_format: bool = False) -> None
     if json_format:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+        handler.setFormatter(TextFormatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

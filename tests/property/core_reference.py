@@ -173,14 +173,19 @@ class Reference:
         entry.fps.update(props)
         if any(p == EXTRA_CONFIG for p in changed) or (name_in_update is not None and name_in_update[0] is not None):
             entry.negative = False
+        name_gained = False  # a VM that gains a name (or another one) is a change, though the key is ignored
         if name_in_update is not None:
             name = name_in_update[0]
-            entry.name = f'{name[0]}/{name[1]}' if name else None
+            new_name = f'{name[0]}/{name[1]}' if name else None
+            name_gained = new_name is not None and not new and entry.name != new_name
+            entry.name = new_name
         else:
             name = parse_namespaced_name(entry.name) if entry.name else None
-        if not new and not changed:
+        if not new and not changed and not name_gained:
             out['skipped']['unchanged'] += 1
             return
+        if name_gained:
+            changed.add(EXTRA_CONFIG)
         changed_t = tuple(sorted(changed))
         lname, found, verified, deleting, prio = self.lookup(ix, moref, name)
         if found and lname != name:

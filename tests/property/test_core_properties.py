@@ -268,3 +268,32 @@ def test_mutilated_bodies_fail_cleanly(updates: list[Update], style: Style, cut:
         d.decide(bytes(b))
     except _vmwatch.DecodeError:
         pass
+
+
+def test_a_vm_that_gains_its_name_signals_though_the_name_key_is_ignored() -> None:
+    """An unmanaged VM (no name at its name fetch) that is then named: one signal, and the same name
+    written again with only ignored keys changed is no change (the operator rewrites it)."""
+    d, ix, ref, rix = make()
+
+    def ec(*entries: tuple[str, str]) -> VExtraConfig:
+        return VExtraConfig(tuple((k, 'string', v) for k, v in entries))
+
+    def both(updates: list[Update]) -> dict[str, Any]:
+        b = body(updates)
+        got = rust_decide(d, b)
+        want = ref.decide(b, rix)
+        assert {k: got[k] for k in ('signals', 'pending', 'skipped')} == {
+            k: want[k] for k in ('signals', 'pending', 'skipped')
+        }
+        return got
+
+    first = both([('vm-7', 'enter', [('config.extraConfig', 'assign', ec(('guestinfo.a', '1')))])])
+    assert [p[0] for p in first['pending']] == ['vm-7']
+    assert d.resolve('vm-7', 1, ('config.extraConfig',), '', '') is None  # the fetch found no name
+    assert ref.resolve(rix, 'vm-7', 1, ('config.extraConfig',), '', '') is None
+    named = both([('vm-7', 'modify', [('config.extraConfig', 'assign',
+                                       ec(('guestinfo.a', '1'), ('vmservice.namespacedName', 'ns/web')))])])  # fmt: skip
+    assert [(s[0], s[2], s[3], s[6]) for s in named['signals']] == [('vm-7', 'ns', 'web', ('config.extraConfig',))]
+    again = both([('vm-7', 'modify', [('config.extraConfig', 'assign',
+                                       ec(('guestinfo.a', '1'), ('vmservice.namespacedName', 'ns/web')))])])  # fmt: skip
+    assert again['signals'] == [] and again['skipped']['unchanged'] == 1

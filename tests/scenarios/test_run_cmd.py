@@ -107,7 +107,8 @@ def run_env(
         inv.move_into(session, folder, [vm])
         inv.set_extra_config(session, vm, values)
 
-    yield SimpleNamespace(start=start, named_vm=named_vm, vm_change=vm_change, namespace=namespace, objects=objects)
+    yield SimpleNamespace(start=start, named_vm=named_vm, vm_change=vm_change, namespace=namespace, objects=objects,
+                          session=session, vcsim=vcsim)  # fmt: skip
     for p in procs:
         p.stop()
     if any(getattr(request.node, f'rep_{when}', None) and getattr(request.node, f'rep_{when}').failed
@@ -142,6 +143,45 @@ def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
     assert values['vmwatch_last_successful_wait_timestamp_seconds'] > 0
     assert values['workqueue_work_duration_seconds_count{name="virtualmachine"}'] >= 1
     assert p.stop() == 0  # SIGTERM: a clean stop
+
+
+def _other_sessions(session: Session) -> set[str]:
+    """Keys of every vCenter session but the test's own (vcsim's session cookie is the session key)."""
+    manager = session.content.sessionManager
+    own = manager.currentSession.key
+    return {s.key for s in manager.sessionList if s.key != own}
+
+
+def test_debug_logs_metrics_and_errors_never_show_a_secret(run_env: Any, tmp_path: Path) -> None:
+    """A whole scenario at debug level: sessions killed, a wrong password, then the right one again."""
+    vcsim, session = run_env.vcsim, run_env.session
+    good = vcsim.password_file.read_text()
+    wrong = 'wrong-' + uuid.uuid4().hex
+    p = run_env.start('a', VMWATCH_LOG_LEVEL='DEBUG', VMWATCH_RESTART_INITIAL_S='0.1', VMWATCH_RESTART_MAX_S='0.5')
+    wait_until(lambda: http_get(f'{p.base}/readyz') == (200, 'watching\n'), 'watching')
+    run_env.named_vm('vm-a')
+    run_env.vm_change(0, {'vmservice.namespacedName': f'{run_env.namespace}/vm-a'})
+    wait_until(lambda: any(line['name'] == 'vm-a' for line in p.lines()), 'a JSON line for vm-a')
+    cookies = _other_sessions(session)
+    assert cookies, 'vmwatch holds a session'
+    session.content.sessionManager.TerminateSession(sessionId=sorted(cookies))  # NotAuthenticated mid-wait
+    wait_until(lambda: _other_sessions(session) - cookies, 'a new login')
+    cookies |= _other_sessions(session)
+    vcsim.password_file.write_text(wrong + '\n')  # InvalidLogin on the next attempt
+    session.content.sessionManager.TerminateSession(sessionId=sorted(_other_sessions(session)))
+    wait_until(lambda: 'login failed' in http_get(f'{p.base}/readyz')[1].lower() or
+               'invalid' in http_get(f'{p.base}/readyz')[1].lower(), 'a failed login')  # fmt: skip
+    vcsim.password_file.write_text(good)
+    wait_until(lambda: http_get(f'{p.base}/readyz') == (200, 'watching\n'), 'watching again')
+    cookies |= _other_sessions(session)
+    _code, metrics = http_get(f'{p.base}/metrics')
+    _code, ready = http_get(f'{p.base}/readyz')
+    assert p.stop() == 0
+    logs = p.err_path.read_text()
+    assert ' DEBUG ' in logs and 'NotAuthenticated' in logs or 'not authenticated' in logs.lower(), logs[-3000:]
+    for text in (logs, p.out_path.read_text(), metrics, ready):
+        for secret in (good.strip(), wrong, *cookies):
+            assert secret not in text, f'a secret ({secret[:4]}...) leaked'
 
 
 def test_two_replicas_one_lease_failover(run_env: Any) -> None:
