@@ -291,9 +291,8 @@ def test_a_vm_that_gains_its_name_signals_though_the_name_key_is_ignored() -> No
     assert [p[0] for p in first['pending']] == ['vm-7']
     assert d.resolve('vm-7', 1, ('config.extraConfig',), '', '') is None  # the fetch found no name
     assert ref.resolve(rix, 'vm-7', 1, ('config.extraConfig',), '', '') is None
-    named = both([('vm-7', 'modify', [('config.extraConfig', 'assign',
-                                       ec(('guestinfo.a', '1'), ('vmservice.namespacedName', 'ns/web')))])])  # fmt: skip
+    with_name = ec(('guestinfo.a', '1'), ('vmservice.namespacedName', 'ns/web'))
+    named = both([('vm-7', 'modify', [('config.extraConfig', 'assign', with_name)])])
     assert [(s[0], s[2], s[3], s[6]) for s in named['signals']] == [('vm-7', 'ns', 'web', ('config.extraConfig',))]
-    again = both([('vm-7', 'modify', [('config.extraConfig', 'assign',
-                                       ec(('guestinfo.a', '1'), ('vmservice.namespacedName', 'ns/web')))])])  # fmt: skip
+    again = both([('vm-7', 'modify', [('config.extraConfig', 'assign', with_name)])])
     assert again['signals'] == [] and again['skipped']['unchanged'] == 1
