@@ -10,7 +10,9 @@
 //!    Known name → `Index.get`, verified iff its uniqueID == MoRef; otherwise (unknown, or not
 //!    in the index) `Index.by_unique_id(MoRef)` → verified.
 //! E. Deleting → evict the cache entry, skipped `deleting`.
-//! F. `enter` and verified → skipped `verified_enter`.
+//! F. `enter` of a verified VM seen for the first time (no cache entry) → skipped `verified_enter`.
+//!    A verified VM that re-enters (a new watcher after a restart, a lost session) with a changed
+//!    fingerprint changed while no watcher saw it: it signals, or that change would be lost.
 //!    Name still unknown → `Pending` (step G is the caller's), unless the VM is in the negative
 //!    cache (known not to be managed) → skipped `unmanaged`. Otherwise a `Signal`.
 //!
@@ -374,8 +376,8 @@ impl Decider {
             out.skipped.deleting += 1;
             return;
         }
-        // Step F.
-        if kind == KIND_ENTER && l.verified {
+        // Step F: only a first sighting; the controller's own start covers it.
+        if kind == KIND_ENTER && l.verified && up.new {
             out.skipped.verified_enter += 1;
             return;
         }

@@ -43,9 +43,13 @@ from vmwatch.vsphere.errors import CredentialsError
 from vmwatch.vsphere.inventory import existing
 from vmwatch.watcher import AsyncSignalDisabledError, Watcher, WatcherSlot, make_decider
 
-__all__ = ['Backoff', 'RateLimitedLog', 'Service']
+__all__ = ['Backoff', 'RateLimitedLog', 'Service', 'ZonesUnavailableError']
 
 log = logging.getLogger('vmwatch.service')
+
+
+class ZonesUnavailableError(RuntimeError):
+    """The Zones cannot be listed (the CRD is missing, RBAC, the API is down): no folder to watch yet."""
 
 
 @dataclass
@@ -228,7 +232,7 @@ class Service:
         self.logins += 1
         await asyncio.to_thread(session.login)
         try:
-            await asyncio.to_thread(self.zones.cache.wait_synced, 60.0)
+            await self._zones_synced()
             folders = await self._gather_folders(session)
             async with Watcher(
                 session=session,
@@ -250,6 +254,15 @@ class Service:
         finally:
             self.watching = False
             await asyncio.to_thread(session.logout)
+
+    async def _zones_synced(self, timeout_s: float = 60.0) -> None:
+        """Wait for the Zone cache's first list. A failed list (e.g. the CRDs are not installed) fails this
+        attempt with its reason, so the watcher is retried with backoff instead of watching no folder."""
+        cache = self.zones.cache
+        deadline = time.monotonic() + timeout_s
+        while not await asyncio.to_thread(cache.wait_synced, 0.5):
+            if cache.last_error is not None or time.monotonic() > deadline:
+                raise ZonesUnavailableError(f'cannot list Zones: {cache.last_error or "no answer"}')
 
     async def _gather_folders(self, session: Session) -> dict[MoRef, list[str]]:
         """Spec 4.3: folders of the Zones with their owner IDs; stale folders filtered; finalizers added."""

@@ -194,7 +194,7 @@ class Reference:
             self.cache.pop(moref, None)
             out['skipped']['deleting'] += 1
             return
-        if kind == KIND_ENTER and verified:
+        if kind == KIND_ENTER and verified and new:
             out['skipped']['verified_enter'] += 1
             return
         if lname is None:

@@ -261,3 +261,17 @@ def test_concurrent_deciders_and_index_writers() -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_a_verified_vm_re_entering_with_a_change_signals() -> None:
+    """Only a first sighting of a verified VM entering scope is skipped. After a watcher restart every VM
+    re-enters; one whose state changed while no watcher ran must signal, or that change is lost (issue 8)."""
+    ix = _vmwatch.Index()
+    d = decider(ix)
+    ix.upsert('my-namespace-1', 'my-name-1', unique_id='vm-82', deleting=False, priority=42)
+    ix.upsert('other', 'by-uid', unique_id='vm-84', deleting=False, priority=1)
+    assert batch(d, 'initial-sync.xml').skipped['verified_enter'] == 2
+    assert len(batch(d, 'power-on.xml').signals) == 1
+    b = batch(d, 'initial-sync.xml')  # re-enter with the state from before the power-on
+    assert [(s.moref, s.reason) for s in b.signals] == [('vm-82', 'entered')]
+    assert b.skipped['verified_enter'] == 0 and b.skipped['unchanged'] >= 1

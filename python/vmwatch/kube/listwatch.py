@@ -210,6 +210,10 @@ class ListWatch:
             if response.status == 410 and cont:
                 items, cont = [], ''  # the continue token expired: list again from the start
                 continue
+            if response.status == 404:
+                raise StreamError(
+                    f'list {self.path}: HTTP 404: not served (is its CustomResourceDefinition installed?)'
+                )
             if response.status != 200:
                 raise StreamError(f'list {self.path}: HTTP {response.status}: {body[:200]!r}')
             page = orjson.loads(body)
