@@ -541,17 +541,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                 }
                 b"objectSet" => return Err(p.err("invalid_value", "empty objectSet")),
                 b"missingSet" if !empty => {
-                    let mut moref = String::new();
-                    let mut fault = String::new();
-                    p.children(|p, s, empty| {
-                        match local(s.name) {
-                            b"obj" => moref = p.leaf_text(empty)?,
-                            b"fault" if !empty => fault = p.localized_fault()?,
-                            _ if empty => {}
-                            _ => p.skip()?,
-                        }
-                        Ok(())
-                    })?;
+                    let (moref, fault) = p.missing_set(b"obj")?;
                     set.missing.push((moref, String::new(), fault));
                 }
                 _ if empty => {}
@@ -559,6 +549,23 @@ impl<'a, 'f> Parser<'a, 'f> {
             }
             Ok(())
         })
+    }
+
+    /// A `MissingObject` (`what` is `obj`) or `MissingProperty` (`what` is `path`): that
+    /// element's text and the fault type.
+    fn missing_set(&mut self, what: &[u8]) -> Result<(String, String)> {
+        let mut id = String::new();
+        let mut fault = String::new();
+        self.children(|p, s, empty| {
+            match local(s.name) {
+                n if n == what => id = p.leaf_text(empty)?,
+                b"fault" if !empty => fault = p.localized_fault()?,
+                _ if empty => {}
+                _ => p.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok((id, fault))
     }
 
     /// A `LocalizedMethodFault`: the `xsi:type` of its inner `<fault>`.
@@ -607,20 +614,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                     obj.changes.push(c);
                 }
                 b"changeSet" => return Err(p.err("invalid_value", "empty changeSet")),
-                b"missingSet" if !empty => {
-                    let mut path = String::new();
-                    let mut fault = String::new();
-                    p.children(|p, s, empty| {
-                        match local(s.name) {
-                            b"path" => path = p.leaf_text(empty)?,
-                            b"fault" if !empty => fault = p.localized_fault()?,
-                            _ if empty => {}
-                            _ => p.skip()?,
-                        }
-                        Ok(())
-                    })?;
-                    local_missing.push((path, fault));
-                }
+                b"missingSet" if !empty => local_missing.push(p.missing_set(b"path")?),
                 _ if empty => {}
                 _ => p.skip()?,
             }
