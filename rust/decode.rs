@@ -6,13 +6,17 @@
 //! Element and attribute names are matched by local name, so any namespace prefix works;
 //! `xsi:` is recognised by its namespace URI (declared anywhere) or, undeclared, by the usual
 //! prefix. DTDs (and so entity declarations) are refused, nesting is bounded by [`MAX_DEPTH`],
-//! and every error carries the byte offset of the offending event.
+//! start tags by the limits in xml.rs, XSI prefixes in scope by [`MAX_XSI_PREFIXES`]; the body
+//! must be UTF-8 without NUL bytes. Every error carries the byte offset of the offending event.
+//! Memory is proportional to the number of changes (and to the largest single value), never to
+//! the nesting or to the whole body.
 
 use crate::errors::{DecodeErrorInfo, Result, VmwatchError};
 use crate::filter::{keyed_extra_config_key, Filter, DEVICE_PATH, EXTRA_CONFIG_PATH};
 use crate::value::ValueEncoder;
 use crate::xml::{unescape_into, Attrs as RawAttrs, Tok, Tokenizer};
 use memchr::memmem;
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 // Change kinds. Must match vmwatch.types.Kind and the KIND_* constants of vmwatch._vmwatch.
@@ -20,9 +24,17 @@ pub const KIND_ENTER: u8 = 0;
 pub const KIND_MODIFY: u8 = 1;
 pub const KIND_LEAVE: u8 = 2;
 
-/// Deeper documents are refused (vSphere values nest a few dozen levels at most, snapshot trees
-/// included).
+/// Deeper documents are refused. The SOAP structure takes 8 levels down to a `<val>`; the
+/// captures in tests/data reach 12 in all. The deepest value vSphere can produce is a snapshot
+/// tree, one `childSnapshotList` level per snapshot, and a chain is capped at 32 snapshots: about
+/// 45 levels in all. 256 is far above that, and keeps the tokenizer's open-element stack (the only
+/// per-level memory: parsing is iterative, so depth never touches the call stack) tiny.
 pub const MAX_DEPTH: usize = 256;
+
+/// Distinct prefixes bound to the XSI namespace at once. vCenter binds one (`xsi`), vcsim one
+/// per `<val>` (`_XMLSchema-instance`, repeated: a repeated binding is not counted). Every
+/// prefixed attribute is checked against these, so the bound keeps that check cheap.
+pub const MAX_XSI_PREFIXES: usize = 16;
 
 const XSI_NS: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
 
@@ -90,18 +102,35 @@ pub struct DecodeOptions {
 
 /// Decode one body.
 pub fn decode(body: &[u8], filter: &Filter, opts: DecodeOptions) -> Result<Decoded> {
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    check_chars(body)?;
     let mut p = Parser::new(body, filter, opts);
     p.document().map_err(|e| p.locate(e))
 }
 
-/// Attributes of interest on a start tag.
+/// The whole body is UTF-8 and free of NUL bytes (XML allows neither): checked once, up front,
+/// so that no text, name or attribute is ever decoded lossily.
+fn check_chars(body: &[u8]) -> Result<()> {
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(VmwatchError::decode(
+            "not_utf8",
+            "the body is not valid UTF-8",
+            e.valid_up_to() as u64,
+        ));
+    }
+    if let Some(i) = memchr::memchr(0, body) {
+        return Err(VmwatchError::decode("invalid_char", "NUL byte in the body", i as u64));
+    }
+    Ok(())
+}
+
+/// Attributes of interest on a start tag, references resolved.
 #[derive(Default)]
 struct Attrs<'a> {
-    xsi_type: &'a [u8],
+    /// Local part of `xsi:type`.
+    xsi_type: Cow<'a, [u8]>,
     nil: bool,
     /// Unprefixed `type` (a MoRef's type).
-    mo_type: &'a [u8],
+    mo_type: Cow<'a, [u8]>,
 }
 
 /// A start tag.
@@ -123,12 +152,22 @@ fn memchr_colon(b: &[u8]) -> Option<usize> {
     memchr::memchr(b':', b)
 }
 
+/// Slug of an [`unescape_into`] error.
+fn entity_kind(msg: &str) -> &'static str {
+    if msg == "undeclared entity" {
+        "unknown_entity"
+    } else {
+        "xml_syntax"
+    }
+}
+
 #[inline]
 fn all_space(t: &[u8]) -> bool {
     t.iter().all(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
 struct Parser<'a, 'f> {
+    body: &'a [u8],
     tok: Tokenizer<'a>,
     filter: &'f Filter,
     opts: DecodeOptions,
@@ -146,6 +185,7 @@ struct Parser<'a, 'f> {
 impl<'a, 'f> Parser<'a, 'f> {
     fn new(body: &'a [u8], filter: &'f Filter, opts: DecodeOptions) -> Self {
         Parser {
+            body,
             tok: Tokenizer::new(body, MAX_DEPTH),
             filter,
             opts,
@@ -219,12 +259,31 @@ impl<'a, 'f> Parser<'a, 'f> {
         for a in RawAttrs::new(attrs) {
             let (key, value) = a.map_err(|_| self.err("xml_syntax", "malformed attribute"))?;
             if let Some(prefix) = key.strip_prefix(b"xmlns:") {
-                if value == XSI_NS {
+                // an already bound prefix stays bound as long as this one would
+                if *self.attr_value(value)? == *XSI_NS && !self.xsi_prefixes.iter().any(|(p, _)| *p == prefix) {
+                    if self.xsi_prefixes.len() >= MAX_XSI_PREFIXES {
+                        return Err(self.err(
+                            "too_many_attributes",
+                            format!("more than {MAX_XSI_PREFIXES} prefixes bound to the XSI namespace"),
+                        ));
+                    }
                     self.xsi_prefixes.push((prefix, depth));
                 }
             }
         }
         Ok(())
+    }
+
+    /// An attribute value (a slice of the body) with references resolved.
+    fn attr_value(&self, value: &'a [u8]) -> Result<Cow<'a, [u8]>> {
+        if memchr::memchr(b'&', value).is_none() {
+            return Ok(Cow::Borrowed(value));
+        }
+        let at = (value.as_ptr() as usize).wrapping_sub(self.body.as_ptr() as usize) as u64;
+        let mut out = Vec::with_capacity(value.len());
+        unescape_into(value, &mut out)
+            .map_err(|(off, msg)| VmwatchError::decode(entity_kind(msg), msg, at + off as u64))?;
+        Ok(Cow::Owned(out))
     }
 
     fn pop_xmlns(&mut self, depth: usize) {
@@ -249,39 +308,51 @@ impl<'a, 'f> Parser<'a, 'f> {
         if e.attrs.is_empty() {
             return Ok(out);
         }
+        // (xsi:type, xsi:nil, type) seen: a repeated one is not well-formed and would be ambiguous
+        let mut seen = [false; 3];
         for a in RawAttrs::new(e.attrs) {
             let (key, value) = a.map_err(|_| self.err("xml_syntax", "malformed attribute"))?;
-            match memchr_colon(key) {
+            let slot = match memchr_colon(key) {
                 Some(i) => {
                     let (prefix, name) = (&key[..i], &key[i + 1..]);
                     if prefix == b"xmlns" || !self.is_xsi_prefix(prefix) {
                         continue;
                     }
                     match name {
-                        b"type" => out.xsi_type = local(value),
-                        b"nil" => out.nil = value == b"true" || value == b"1",
-                        _ => {}
+                        b"type" => {
+                            out.xsi_type = match self.attr_value(value)? {
+                                Cow::Borrowed(v) => Cow::Borrowed(local(v)),
+                                Cow::Owned(v) => Cow::Owned(local(&v).to_vec()),
+                            };
+                            0
+                        }
+                        b"nil" => {
+                            let v = self.attr_value(value)?;
+                            out.nil = *v == *b"true" || *v == *b"1";
+                            1
+                        }
+                        _ => continue,
                     }
                 }
-                None => {
-                    if key == b"type" {
-                        out.mo_type = value;
-                    }
+                None if key == b"type" => {
+                    out.mo_type = self.attr_value(value)?;
+                    2
                 }
+                None => continue,
+            };
+            if std::mem::replace(&mut seen[slot], true) {
+                return Err(self.err(
+                    "xml_syntax",
+                    format!("duplicate attribute {}", String::from_utf8_lossy(key)),
+                ));
             }
         }
         Ok(out)
     }
 
     fn unescape(&self, raw: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        unescape_into(raw, out).map_err(|(off, msg)| {
-            let kind = if msg == "undeclared entity" {
-                "unknown_entity"
-            } else {
-                "xml_syntax"
-            };
-            VmwatchError::decode(kind, msg, self.last_pos + off as u64)
-        })
+        unescape_into(raw, out)
+            .map_err(|(off, msg)| VmwatchError::decode(entity_kind(msg), msg, self.last_pos + off as u64))
     }
 
     /// Skip the rest of an element whose start tag was just read.
@@ -451,7 +522,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                         if detail_type.is_empty() {
                             let a = p.attrs(s)?;
                             detail_type = if !a.xsi_type.is_empty() {
-                                String::from_utf8_lossy(a.xsi_type).into_owned()
+                                String::from_utf8_lossy(&a.xsi_type).into_owned()
                             } else {
                                 let n = local(s.name);
                                 let t = n.strip_suffix(b"Fault").filter(|x| !x.is_empty()).unwrap_or(n);
@@ -541,17 +612,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                 }
                 b"objectSet" => return Err(p.err("invalid_value", "empty objectSet")),
                 b"missingSet" if !empty => {
-                    let mut moref = String::new();
-                    let mut fault = String::new();
-                    p.children(|p, s, empty| {
-                        match local(s.name) {
-                            b"obj" => moref = p.leaf_text(empty)?,
-                            b"fault" if !empty => fault = p.localized_fault()?,
-                            _ if empty => {}
-                            _ => p.skip()?,
-                        }
-                        Ok(())
-                    })?;
+                    let (moref, fault) = p.missing_set(b"obj")?;
                     set.missing.push((moref, String::new(), fault));
                 }
                 _ if empty => {}
@@ -561,13 +622,30 @@ impl<'a, 'f> Parser<'a, 'f> {
         })
     }
 
+    /// A `MissingObject` (`what` is `obj`) or `MissingProperty` (`what` is `path`): that
+    /// element's text and the fault type.
+    fn missing_set(&mut self, what: &[u8]) -> Result<(String, String)> {
+        let mut id = String::new();
+        let mut fault = String::new();
+        self.children(|p, s, empty| {
+            match local(s.name) {
+                n if n == what => id = p.leaf_text(empty)?,
+                b"fault" if !empty => fault = p.localized_fault()?,
+                _ if empty => {}
+                _ => p.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok((id, fault))
+    }
+
     /// A `LocalizedMethodFault`: the `xsi:type` of its inner `<fault>`.
     fn localized_fault(&mut self) -> Result<String> {
         let mut t = String::new();
         self.children(|p, s, empty| {
             if local(s.name) == b"fault" {
                 let a = p.attrs(s)?;
-                t = String::from_utf8_lossy(a.xsi_type).into_owned();
+                t = String::from_utf8_lossy(&a.xsi_type).into_owned();
             }
             if !empty {
                 p.skip()?;
@@ -598,7 +676,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                     };
                 }
                 b"obj" => {
-                    obj.obj_type = String::from_utf8_lossy(p.attrs(s)?.mo_type).into_owned();
+                    obj.obj_type = String::from_utf8_lossy(&p.attrs(s)?.mo_type).into_owned();
                     obj.moref = p.leaf_text(empty)?;
                     p.cur_moref = Some(obj.moref.clone());
                 }
@@ -607,20 +685,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                     obj.changes.push(c);
                 }
                 b"changeSet" => return Err(p.err("invalid_value", "empty changeSet")),
-                b"missingSet" if !empty => {
-                    let mut path = String::new();
-                    let mut fault = String::new();
-                    p.children(|p, s, empty| {
-                        match local(s.name) {
-                            b"path" => path = p.leaf_text(empty)?,
-                            b"fault" if !empty => fault = p.localized_fault()?,
-                            _ if empty => {}
-                            _ => p.skip()?,
-                        }
-                        Ok(())
-                    })?;
-                    local_missing.push((path, fault));
-                }
+                b"missingSet" if !empty => local_missing.push(p.missing_set(b"path")?),
                 _ if empty => {}
                 _ => p.skip()?,
             }
@@ -699,9 +764,9 @@ impl<'a, 'f> Parser<'a, 'f> {
     fn start_value_elem(&mut self, e: Elem<'a>, empty: bool) -> Result<()> {
         self.declare(e.attrs, empty)?;
         let a = self.attrs(e)?;
-        self.enc.start(local(e.name), a.xsi_type, a.nil);
+        self.enc.start(local(e.name), &a.xsi_type, a.nil);
         if !a.mo_type.is_empty() {
-            self.enc.attr(b"type", a.mo_type);
+            self.enc.attr(b"type", &a.mo_type);
         }
         Ok(())
     }
@@ -709,9 +774,9 @@ impl<'a, 'f> Parser<'a, 'f> {
     /// Stream a `<val>` into the encoder.
     fn value(&mut self, e: Elem<'a>, empty: bool) -> Result<()> {
         let a = self.attrs(e)?;
-        self.enc.begin(a.xsi_type, a.nil);
+        self.enc.begin(&a.xsi_type, a.nil);
         if !a.mo_type.is_empty() {
-            self.enc.attr(b"type", a.mo_type);
+            self.enc.attr(b"type", &a.mo_type);
         }
         if empty {
             self.enc.end();
@@ -754,5 +819,158 @@ pub fn decode_error_info(e: &VmwatchError) -> Option<&DecodeErrorInfo> {
     match e {
         VmwatchError::Decode(i) => Some(i),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::DEFAULT_NAME_KEY;
+
+    const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
+
+    /// A body with one VM whose powerState change carries `val`.
+    fn body(val: &str) -> String {
+        format!(
+            "<?xml version=\"1.0\"?>\n<S:Envelope xmlns:S=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+             xmlns:xsi=\"{XSI}\"><S:Body><R:WaitForUpdatesExResponse xmlns:R=\"urn:vim25\"><returnval>\
+             <version>1</version><filterSet><objectSet><kind>modify</kind><obj type=\"VirtualMachine\">vm-1</obj>\
+             <changeSet><name>summary.runtime.powerState</name><op>assign</op>{val}</changeSet></objectSet>\
+             </filterSet></returnval></R:WaitForUpdatesExResponse></S:Body></S:Envelope>"
+        )
+    }
+
+    fn run(body: &[u8]) -> Result<UpdateSet> {
+        let f = Filter::new(None::<Vec<String>>, DEFAULT_NAME_KEY);
+        match decode(body, &f, DecodeOptions { kept_keys: false })? {
+            Decoded::Update(u) => Ok(u),
+            Decoded::Fault(f) => panic!("fault {f:?}"),
+        }
+    }
+
+    fn err(body: &[u8]) -> DecodeErrorInfo {
+        match run(body) {
+            Err(VmwatchError::Decode(e)) => *e,
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+    }
+
+    fn fp(body: &str) -> Option<u64> {
+        run(body.as_bytes()).unwrap().objects[0].changes[0].fp
+    }
+
+    #[test]
+    fn depth_limit_inside_a_value_without_recursion() {
+        // 8 levels of SOAP down to <val>
+        let nest = |n: usize| {
+            body(&format!(
+                "<val xsi:type=\"T\">{}x{}</val>",
+                "<a>".repeat(n),
+                "</a>".repeat(n)
+            ))
+        };
+        assert!(run(nest(MAX_DEPTH - 8).as_bytes()).is_ok());
+        let b = nest(MAX_DEPTH - 7);
+        let e = err(b.as_bytes());
+        assert_eq!(e.kind, "too_deep");
+        assert_eq!(e.moref.as_deref(), Some("vm-1"));
+        assert_eq!(e.path.as_deref(), Some("summary.runtime.powerState"));
+        assert_eq!(err(nest(1_000_000).as_bytes()).kind, "too_deep");
+    }
+
+    #[test]
+    fn utf8_and_nul_are_checked_for_the_whole_body() {
+        let b = body("<val xsi:type=\"xsd:string\">caf\u{e9}</val>");
+        assert!(run(b.as_bytes()).is_ok());
+        let at = b.find('\u{e9}').unwrap();
+        let mut bad = b.clone().into_bytes();
+        bad[at + 1] = b'x'; // a lead byte without its continuation
+        assert_eq!((err(&bad).kind, err(&bad).offset), ("not_utf8", at as u64));
+        let mut bad = b.into_bytes();
+        bad[at - 3] = 0; // the 'c' of "café"
+        assert_eq!((err(&bad).kind, err(&bad).offset), ("invalid_char", at as u64 - 3));
+        // element names too: the old decoder only checked leaf text
+        let named = body("<val xsi:type=\"T\"><n\u{e9}>x</n\u{e9}></val>").into_bytes();
+        let at = named.iter().position(|&c| c == 0xc3).unwrap();
+        let mut bad = named.clone();
+        bad[at + 1] = b'x';
+        bad[named.len() - named.iter().rev().position(|&c| c == 0xa9).unwrap() - 1] = b'x';
+        assert_eq!(err(&bad).kind, "not_utf8");
+    }
+
+    #[test]
+    fn offsets_count_a_bom() {
+        let b = body("<val>&nope;</val>");
+        let at = b.find("&nope;").unwrap() as u64;
+        assert_eq!(err(b.as_bytes()).offset, at);
+        let with_bom = format!("\u{feff}{b}");
+        assert_eq!(err(with_bom.as_bytes()).offset, at + 3);
+    }
+
+    #[test]
+    fn xsi_prefix_limit_counts_distinct_prefixes() {
+        let decls = |n: usize| (0..n).map(|i| format!(" xmlns:p{i}=\"{XSI}\"")).collect::<String>();
+        assert!(run(body(&format!("<val{} p0:type=\"T\">x</val>", decls(MAX_XSI_PREFIXES - 1))).as_bytes()).is_ok());
+        let e = err(body(&format!("<val{} p0:type=\"T\">x</val>", decls(MAX_XSI_PREFIXES))).as_bytes());
+        assert_eq!(e.kind, "too_many_attributes");
+        // the same prefix bound again and again (vcsim does it on every <val>) is not counted
+        let again = format!(" xmlns:xsi=\"{XSI}\"");
+        let nested = format!(
+            "<val{again} xsi:type=\"T\">{}x{}</val>",
+            format!("<a{again}>").repeat(40),
+            "</a>".repeat(40)
+        );
+        assert!(run(body(&nested).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn attribute_references_are_resolved_and_duplicates_refused() {
+        let plain = fp(&body("<val xsi:type=\"xsd:string\">x</val>"));
+        assert_eq!(plain, fp(&body("<val xsi:type=\"xsd:&#115;tring\">x</val>")));
+        assert_ne!(plain, fp(&body("<val xsi:type=\"xsd:int\">x</val>")));
+        let b = body("<val xsi:type=\"xsd:string\">x</val>")
+            .replace("type=\"VirtualMachine\"", "type=\"Virtual&#77;achine\"");
+        assert_eq!(run(b.as_bytes()).unwrap().objects[0].obj_type, "VirtualMachine");
+        let b = body("<val xsi:type=\"&lol;\">x</val>");
+        let e = err(b.as_bytes());
+        assert_eq!((e.kind, e.offset), ("unknown_entity", b.find("&lol;").unwrap() as u64));
+        for dup in [
+            "<val xsi:type=\"A\" xsi:type=\"B\">x</val>",
+            "<val xsi:nil=\"true\" xsi:nil=\"false\"/>",
+        ] {
+            assert_eq!(err(body(dup).as_bytes()).kind, "xml_syntax", "{dup}");
+        }
+        let b = body("<val>x</val>").replace("type=\"VirtualMachine\"", "type=\"A\" type=\"B\"");
+        assert_eq!(err(b.as_bytes()).kind, "xml_syntax");
+    }
+
+    #[test]
+    fn large_text_is_not_limited() {
+        let big = "u".repeat(8 << 20);
+        let a = fp(&body(&format!("<val xsi:type=\"xsd:string\">{big}</val>")));
+        let b = fp(&body(&format!("<val xsi:type=\"xsd:string\">{big}v</val>")));
+        assert!(a.is_some() && a != b);
+    }
+
+    #[test]
+    fn missing_sets_of_both_kinds() {
+        let fault = "<fault><fault xsi:type=\"NoPermission\"/><localizedMessage/></fault>";
+        let b = body("<val>x</val>")
+            .replace(
+                "</objectSet>",
+                &format!("<missingSet><path>config.numaInfo</path>{fault}</missingSet></objectSet>"),
+            )
+            .replace(
+                "</filterSet>",
+                &format!("<missingSet><obj type=\"VirtualMachine\">vm-2</obj>{fault}</missingSet></filterSet>"),
+            );
+        let u = run(b.as_bytes()).unwrap();
+        assert_eq!(
+            u.missing,
+            vec![
+                ("vm-1".into(), "config.numaInfo".into(), "NoPermission".into()),
+                ("vm-2".into(), String::new(), "NoPermission".into()),
+            ]
+        );
     }
 }

@@ -7,8 +7,9 @@ use std::fmt;
 /// Where and why a response body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeErrorInfo {
-    /// Stable slug: `xml_syntax`, `dtd_forbidden`, `unknown_entity`, `too_deep`, `not_utf8`,
-    /// `not_soap`, `unexpected_element`, `invalid_value`, `soap_fault`.
+    /// Stable slug: `xml_syntax`, `dtd_forbidden`, `pi_forbidden`, `unknown_entity`, `too_deep`,
+    /// `too_long`, `too_many_attributes`, `not_utf8`, `invalid_char`, `not_soap`,
+    /// `unexpected_element`, `invalid_value`, `soap_fault`.
     pub kind: &'static str,
     pub msg: String,
     /// Byte offset in the body where the offending event starts.

@@ -2,10 +2,13 @@
 //! A small, zero-copy XML tokenizer for SOAP responses (the decoder's hot path).
 //!
 //! It checks what the decoder relies on: tags are balanced and end names match, start tags and
-//! attributes are syntactically complete, comments/CDATA/PIs are closed, and DTDs are refused.
-//! It does not validate name characters or normalise line ends (the decoder hashes text as
-//! sent). Entity references stay in `Text` (see [`unescape_into`]). Every error carries the byte
-//! offset where the offending construct starts; no input can make it panic or loop.
+//! attributes are syntactically complete, comments and CDATA are closed, DTDs and processing
+//! instructions (other than the XML declaration) are refused, and names, attribute values and
+//! attribute counts stay under the limits below. It does not validate name characters or
+//! normalise line ends (the decoder hashes text as sent); UTF-8 and NUL bytes are checked once
+//! for the whole body by the decoder. Entity references stay in `Text` (see [`unescape_into`]).
+//! Every error carries the byte offset where the offending construct starts; no input can make
+//! it panic, recurse or loop, and memory stays proportional to the nesting depth.
 
 use memchr::{memchr, memchr2, memchr3, memmem};
 
@@ -45,6 +48,23 @@ fn err(kind: &'static str, msg: impl Into<String>, offset: usize) -> XmlError {
     }
 }
 
+/// Longest attribute value, in bytes. SOAP attributes are `xmlns:*` URIs, `xsi:type` and a
+/// MoRef's `type`: well under 200 bytes in real vSphere data. 64 KiB leaves room for any sane
+/// producer, and keeps every value within the encoder's 16-bit length prefix (value.rs). Text
+/// content is deliberately not limited like this: `guestinfo.userdata` in extraConfig can be
+/// megabytes.
+pub const MAX_ATTR_VALUE_LEN: usize = 64 * 1024 - 1;
+
+/// Most attributes on one element. vCenter puts at most 5 on an element (the Envelope's `xmlns`
+/// declarations); a proxy or another SOAP stack may add a few. Bounds the work per start tag.
+pub const MAX_ATTRS: usize = 64;
+
+/// Longest element name, in bytes (prefix included). vSphere's longest property and type names
+/// are under 80 bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 const NAME_BYTE: u8 = 0;
 const NAME_END: u8 = 1;
 const NAME_BAD: u8 = 2;
@@ -80,10 +100,11 @@ pub struct Tokenizer<'a> {
 }
 
 impl<'a> Tokenizer<'a> {
+    /// A tokenizer over `buf`; a UTF-8 byte order mark is skipped (offsets still count it).
     pub fn new(buf: &'a [u8], max_depth: usize) -> Self {
         Tokenizer {
             buf,
-            pos: 0,
+            pos: if buf.starts_with(BOM) { BOM.len() } else { 0 },
             open: Vec::with_capacity(32),
             max_depth,
         }
@@ -155,10 +176,21 @@ impl<'a> Tokenizer<'a> {
                     return Err(err("xml_syntax", "unexpected markup declaration", start));
                 }
                 Some(b'?') => {
-                    match memmem::find(&buf[start + 2..], b"?>") {
-                        Some(i) => self.pos = start + 2 + i + 2,
-                        None => return Err(err("xml_syntax", "unclosed processing instruction", start)),
+                    // Only the XML declaration, and only first in the document: a processing
+                    // instruction anywhere else would be silently ignored, so it is refused.
+                    let first = start == 0 || (start == BOM.len() && buf.starts_with(BOM));
+                    let decl = first && rest.len() > 4 && rest.starts_with(b"?xml") && is_space(rest[4]);
+                    let Some(i) = memmem::find(&buf[start + 2..], b"?>") else {
+                        return Err(err("xml_syntax", "unclosed processing instruction", start));
+                    };
+                    if !decl {
+                        return Err(err(
+                            "pi_forbidden",
+                            "processing instructions other than the XML declaration are not accepted",
+                            start,
+                        ));
                     }
+                    self.pos = start + 2 + i + 2;
                     continue;
                 }
                 Some(_) => return self.start_tag(start),
@@ -215,9 +247,17 @@ impl<'a> Tokenizer<'a> {
         if name.is_empty() {
             return Err(err("xml_syntax", "element without a name", start));
         }
-        // find the closing '>' outside quotes
+        if name.len() > MAX_NAME_LEN {
+            return Err(err(
+                "too_long",
+                format!("element name longer than {MAX_NAME_LEN} bytes"),
+                start,
+            ));
+        }
+        // find the closing '>' outside quotes; each quoted value is one attribute
         let attrs_from = i;
         let mut j = i;
+        let mut values = 0usize;
         loop {
             let Some(k) = memchr3(b'>', b'"', b'\'', &buf[j..]) else {
                 return Err(err("xml_syntax", "unclosed start tag", start));
@@ -230,26 +270,39 @@ impl<'a> Tokenizer<'a> {
             let Some(q) = memchr(buf[at], &buf[at + 1..]) else {
                 return Err(err("xml_syntax", "unclosed attribute value", at));
             };
+            if q > MAX_ATTR_VALUE_LEN {
+                return Err(err(
+                    "too_long",
+                    format!("attribute value longer than {MAX_ATTR_VALUE_LEN} bytes"),
+                    at,
+                ));
+            }
+            if memchr(b'<', &buf[at + 1..at + 1 + q]).is_some() {
+                return Err(err("xml_syntax", "'<' in an attribute value", at));
+            }
+            values += 1;
+            if values > MAX_ATTRS {
+                return Err(err(
+                    "too_many_attributes",
+                    format!("more than {MAX_ATTRS} attributes on one element"),
+                    start,
+                ));
+            }
             j = at + 1 + q + 1;
         }
         let empty = j > attrs_from && buf[j - 1] == b'/';
         let attrs = &buf[attrs_from..if empty { j - 1 } else { j }];
         self.pos = j + 1;
-        if !empty {
-            if self.open.len() >= self.max_depth {
-                return Err(err(
-                    "too_deep",
-                    format!("elements nested deeper than {}", self.max_depth),
-                    start,
-                ));
-            }
-            self.open.push(name);
-        } else if self.open.len() >= self.max_depth {
+        // an empty element counts too: `<a/>` at the limit is one level too deep
+        if self.open.len() >= self.max_depth {
             return Err(err(
                 "too_deep",
                 format!("elements nested deeper than {}", self.max_depth),
                 start,
             ));
+        }
+        if !empty {
+            self.open.push(name);
         }
         Ok(Tok::Start { name, attrs, empty })
     }
@@ -407,6 +460,59 @@ mod tests {
         assert_eq!(toks(&"<a>".repeat(65)).unwrap_err().kind, "too_deep");
         assert_eq!(toks("<a x='>'>").unwrap_err().offset, 9, "'>' is fine inside a value");
         assert_eq!(toks("<>").unwrap_err().kind, "xml_syntax");
+    }
+
+    #[test]
+    fn depth_limit_counts_empty_elements_and_needs_no_recursion() {
+        let ok = format!("{}{}", "<a>".repeat(64), "</a>".repeat(64));
+        assert!(toks(&ok).is_ok());
+        assert!(toks(&format!("{}<b/>{}", "<a>".repeat(64), "</a>".repeat(64))).is_err());
+        // far deeper than any stack would allow if the tokenizer recursed
+        let e = toks(&"<a>".repeat(1_000_000)).unwrap_err();
+        assert_eq!((e.kind, e.offset), ("too_deep", 64 * 3));
+    }
+
+    #[test]
+    fn processing_instructions() {
+        assert!(toks("<?xml version='1.0'?><a/>").is_ok());
+        assert!(toks("\u{feff}<?xml version='1.0'?><a/>").is_ok(), "after a BOM");
+        for bad in [
+            "<a><?xml-stylesheet x?></a>",
+            "<?php x ?><a/>",
+            "<a/><?xml version='1.0'?>",
+            " <?xml v?><a/>",
+        ] {
+            let e = toks(bad).unwrap_err();
+            assert_eq!(e.kind, "pi_forbidden", "{bad}");
+            assert_eq!(&bad[e.offset as usize..e.offset as usize + 2], "<?");
+        }
+        assert_eq!(toks("<?xml version='1.0'").unwrap_err().kind, "xml_syntax");
+    }
+
+    #[test]
+    fn attribute_value_limit() {
+        let at = |n: usize| format!("<a x='{}'/>", "v".repeat(n));
+        assert!(toks(&at(MAX_ATTR_VALUE_LEN)).is_ok());
+        let e = toks(&at(MAX_ATTR_VALUE_LEN + 1)).unwrap_err();
+        assert_eq!((e.kind, e.offset), ("too_long", 5));
+        assert_eq!(toks("<a x='<'/>").unwrap_err().kind, "xml_syntax");
+    }
+
+    #[test]
+    fn attribute_count_limit() {
+        let tag = |n: usize| format!("<a{}/>", (0..n).map(|i| format!(" a{i}=''")).collect::<String>());
+        assert!(toks(&tag(MAX_ATTRS)).is_ok());
+        let e = toks(&tag(MAX_ATTRS + 1)).unwrap_err();
+        assert_eq!((e.kind, e.offset), ("too_many_attributes", 0));
+        assert_eq!(toks(&tag(1_000_000)).unwrap_err().kind, "too_many_attributes");
+    }
+
+    #[test]
+    fn name_limit() {
+        let el = |n: usize| format!("<r><{0}/></r>", "n".repeat(n));
+        assert!(toks(&el(MAX_NAME_LEN)).is_ok());
+        let e = toks(&el(MAX_NAME_LEN + 1)).unwrap_err();
+        assert_eq!((e.kind, e.offset), ("too_long", 3));
     }
 
     #[test]

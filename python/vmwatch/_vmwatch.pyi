@@ -47,7 +47,11 @@ class DecodeError(VmwatchError, ValueError):
     offset: int
     def __init__(self, message: str, offset: int = 0, errors: Iterable[dict[str, Any]] = ()) -> None: ...
     def errors(self) -> list[dict[str, Any]]:
-        """One record per problem: {'type': slug, 'loc': (moref, path), 'msg': str, 'offset': int}."""
+        """One record per problem: {'type': slug, 'loc': (moref, path), 'msg': str, 'offset': int}.
+
+        Slugs (stable): xml_syntax, dtd_forbidden, pi_forbidden, unknown_entity, too_deep, too_long,
+        too_many_attributes, not_utf8, invalid_char, not_soap, unexpected_element, invalid_value, soap_fault.
+        """
 
 class VmwatchInternalError(VmwatchError, RuntimeError):
     """A bug in vmwatch (for example a Rust panic that was caught): please report it."""
