@@ -134,7 +134,7 @@ fn pack_name(name: &[u8], out: &mut Vec<u64>) {
 }
 
 /// glibc-like allocation size of `n` bytes: 8-byte header, 16-byte granularity, 32 minimum.
-fn malloc_size(n: usize) -> usize {
+pub(crate) fn malloc_size(n: usize) -> usize {
     if n == 0 {
         0
     } else {
