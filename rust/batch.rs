@@ -163,16 +163,16 @@ fn lookup(ix: &IndexInner, moref: &str, name: Option<(String, String)>) -> Looku
         if let Some(st) = ix.get(ns, n) {
             return Lookup {
                 found: true,
-                verified: &*st.unique_id == moref,
+                verified: st.unique_id == moref,
                 deleting: st.deleting,
                 priority: st.priority,
                 name,
             };
         }
     }
-    if let Some((k, st)) = ix.by_unique_id(moref) {
+    if let Some(st) = ix.by_unique_id(moref) {
         return Lookup {
-            name: Some((k.namespace.to_string(), k.name.to_string())),
+            name: Some((st.namespace.to_owned(), st.name.to_owned())),
             found: true,
             verified: true,
             deleting: st.deleting,

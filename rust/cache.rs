@@ -2,7 +2,7 @@
 //! Per-VM fingerprint cache: LRU + TTL, compact.
 //!
 //! Memory per VM (x86-64, measured by `tests/cache_bytes.rs` with a counting allocator):
-//! * one `Node` in a slab: 72 bytes (MoRef value inline up to 22 bytes, LRU links as `u32`
+//! * one `Node` in a slab of 1024-node chunks: 72 bytes (MoRef value inline up to 22 bytes, LRU links as `u32`
 //!   slots, expiry in deciseconds, present/null path bitmasks, a boxed word slice);
 //! * one `u32` slot in a `hashbrown::HashTable` plus its control byte: 5 bytes per bucket,
 //!   about 6.5 bytes per VM at typical load;
@@ -134,11 +134,57 @@ fn pack_name(name: &[u8], out: &mut Vec<u64>) {
 }
 
 /// glibc-like allocation size of `n` bytes: 8-byte header, 16-byte granularity, 32 minimum.
-fn malloc_size(n: usize) -> usize {
+pub(crate) fn malloc_size(n: usize) -> usize {
     if n == 0 {
         0
     } else {
         ((n + 8 + 15) & !15).max(32)
+    }
+}
+
+/// Nodes per slab chunk (72 KiB): the slab's unused tail is less than one chunk.
+const CHUNK: usize = 1024;
+
+/// The node slab, in fixed-size chunks: growing never copies nodes or leaves more than one
+/// chunk unused (a doubling `Vec` leaves up to half, ~22 bytes/VM at 100k VMs).
+#[derive(Debug, Default)]
+struct Slab {
+    chunks: Vec<Vec<Node>>,
+    len: usize,
+}
+
+impl Slab {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, node: Node) {
+        if self.len % CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(c) = self.chunks.last_mut() {
+            c.push(node);
+        }
+        self.len += 1;
+    }
+
+    fn bytes(&self) -> usize {
+        self.chunks.len() * malloc_size(CHUNK * std::mem::size_of::<Node>())
+            + malloc_size(self.chunks.capacity() * std::mem::size_of::<Vec<Node>>())
+    }
+}
+
+impl std::ops::Index<usize> for Slab {
+    type Output = Node;
+
+    fn index(&self, i: usize) -> &Node {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slab {
+    fn index_mut(&mut self, i: usize) -> &mut Node {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
     }
 }
 
@@ -202,7 +248,7 @@ pub struct Update {
 }
 
 pub struct FpCache {
-    nodes: Vec<Node>,
+    nodes: Slab,
     table: HashTable<u32>,
     hasher: DefaultHashBuilder,
     head: u32,
@@ -221,7 +267,7 @@ impl FpCache {
     /// `ttl_ds`: time to live in deciseconds.
     pub fn new(max_entries: usize, ttl_ds: u32) -> Self {
         FpCache {
-            nodes: Vec::new(),
+            nodes: Slab::default(),
             table: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
             head: NIL,
@@ -355,8 +401,7 @@ impl FpCache {
     }
 
     pub fn clear(&mut self) {
-        self.nodes.clear();
-        self.nodes.shrink_to_fit();
+        self.nodes = Slab::default();
         self.table = HashTable::new();
         self.free.clear();
         self.free.shrink_to_fit();
@@ -381,11 +426,6 @@ impl FpCache {
         }
         if let Some(s) = self.free.pop() {
             return s;
-        }
-        if self.nodes.len() == self.nodes.capacity() {
-            // grow geometrically but never beyond the configured maximum
-            let want = (self.nodes.len() * 2).clamp(64, self.max_entries.max(64));
-            self.nodes.reserve_exact(want.saturating_sub(self.nodes.len()).max(1));
         }
         self.nodes.push(Node::vacant());
         (self.nodes.len() - 1) as u32
@@ -532,12 +572,10 @@ impl FpCache {
         self.nodes[slot as usize].fp(bit)
     }
 
-    /// Approximate heap bytes: slab, table and per-entry blocks.
+    /// Heap bytes: slab, table (every bucket and control byte) and per-entry blocks, as glibc
+    /// allocation sizes.
     pub fn bytes(&self) -> usize {
-        self.nodes.capacity() * std::mem::size_of::<Node>()
-            + self.table.capacity() * (std::mem::size_of::<u32>() + 1)
-            + self.free.capacity() * 4
-            + self.data_bytes
+        self.nodes.bytes() + self.table.allocation_size() + malloc_size(self.free.capacity() * 4) + self.data_bytes
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -601,6 +639,26 @@ mod tests {
         c.set_name(u.slot, None);
         assert_eq!(c.name(u.slot), None);
         assert_eq!(c.fingerprint(u.slot, 0), Some(2));
+    }
+
+    #[test]
+    fn slab_spans_chunks() {
+        let n = 2 * CHUNK + 10;
+        let mut c = FpCache::new(n, 1000);
+        for i in 0..n {
+            c.update(&format!("vm-{i}"), &props(&[(0, i as u64)]), 0);
+        }
+        assert_eq!(c.nodes.chunks.len(), 3);
+        for i in 0..n {
+            let slot = c.peek(&format!("vm-{i}"), 0).unwrap();
+            assert_eq!(c.fingerprint(slot, 0), Some(i as u64));
+        }
+        // a full cache recycles slots instead of growing
+        c.update("vm-new", &props(&[(0, 1)]), 0);
+        assert_eq!(c.nodes.len(), n);
+        assert!(c.bytes() >= 3 * CHUNK * std::mem::size_of::<Node>());
+        c.clear();
+        assert_eq!(c.bytes(), 0);
     }
 
     #[test]

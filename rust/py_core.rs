@@ -148,7 +148,7 @@ impl PyDecider {
                     .resolve(&self.index, moref, kind, changed, namespace, name))
             })
         })?;
-        Ok(out.map(PySignal))
+        Ok(out.map(PySignal::from))
     }
 
     fn forget(&self, py: Python<'_>, moref: &str) {

@@ -34,66 +34,64 @@ impl From<SoapFault> for PyFault {
     }
 }
 
-#[pyclass(module = "vmwatch._vmwatch", name = "Signal", frozen)]
-pub struct PySignal(pub Signal);
+/// Changed property paths; Python sees a tuple of str.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Paths(Vec<String>);
+
+impl<'py> IntoPyObject<'py> for &Paths {
+    type Target = PyTuple;
+    type Output = Bound<'py, PyTuple>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.0)
+    }
+}
+
+#[pyclass(module = "vmwatch._vmwatch", name = "Signal", frozen, eq, hash, get_all)]
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PySignal {
+    moref: String,
+    kind: u8,
+    namespace: String,
+    name: String,
+    verified: bool,
+    deleting: bool,
+    priority: i32,
+    changed: Paths,
+    reason: &'static str,
+}
+
+impl From<Signal> for PySignal {
+    fn from(s: Signal) -> Self {
+        PySignal {
+            moref: s.moref,
+            kind: s.kind,
+            namespace: s.namespace,
+            name: s.name,
+            verified: s.verified,
+            deleting: s.deleting,
+            priority: s.priority,
+            changed: Paths(s.changed),
+            reason: s.reason.as_str(),
+        }
+    }
+}
 
 #[pymethods]
 impl PySignal {
-    #[getter]
-    fn moref(&self) -> &str {
-        &self.0.moref
-    }
-    #[getter]
-    fn kind(&self) -> u8 {
-        self.0.kind
-    }
-    #[getter]
-    fn namespace(&self) -> &str {
-        &self.0.namespace
-    }
-    #[getter]
-    fn name(&self) -> &str {
-        &self.0.name
-    }
-    #[getter]
-    fn verified(&self) -> bool {
-        self.0.verified
-    }
-    #[getter]
-    fn deleting(&self) -> bool {
-        self.0.deleting
-    }
-    #[getter]
-    fn priority(&self) -> i32 {
-        self.0.priority
-    }
-    #[getter]
-    fn changed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.0.changed)
-    }
-    #[getter]
-    fn reason(&self) -> &'static str {
-        self.0.reason.as_str()
-    }
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<PySignal>().is_ok_and(|o| o.get().0 == self.0)
-    }
-    fn __hash__(&self) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(format!("{:?}", self.0).as_bytes())
-    }
     fn __repr__(&self) -> String {
-        let s = &self.0;
         format!(
             "Signal(moref={}, kind={}, namespace={}, name={}, verified={}, deleting={}, priority={}, changed={}, reason={})",
-            py_str(&s.moref),
-            s.kind,
-            py_str(&s.namespace),
-            py_str(&s.name),
-            py_bool(s.verified),
-            py_bool(s.deleting),
-            s.priority,
-            py_strs(&s.changed),
-            py_str(s.reason.as_str())
+            py_str(&self.moref),
+            self.kind,
+            py_str(&self.namespace),
+            py_str(&self.name),
+            py_bool(self.verified),
+            py_bool(self.deleting),
+            self.priority,
+            py_strs(&self.changed.0),
+            py_str(self.reason)
         )
     }
 }
@@ -120,33 +118,30 @@ fn py_bool(b: bool) -> &'static str {
     }
 }
 
-#[pyclass(module = "vmwatch._vmwatch", name = "Pending", frozen)]
-pub struct PyPending(pub Pending);
+#[pyclass(module = "vmwatch._vmwatch", name = "Pending", frozen, eq, hash, get_all)]
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PyPending {
+    moref: String,
+    kind: u8,
+    changed: Paths,
+}
+
+impl From<Pending> for PyPending {
+    fn from(p: Pending) -> Self {
+        PyPending {
+            moref: p.moref,
+            kind: p.kind,
+            changed: Paths(p.changed),
+        }
+    }
+}
 
 #[pymethods]
 impl PyPending {
-    #[getter]
-    fn moref(&self) -> &str {
-        &self.0.moref
-    }
-    #[getter]
-    fn kind(&self) -> u8 {
-        self.0.kind
-    }
-    #[getter]
-    fn changed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.0.changed)
-    }
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<PyPending>().is_ok_and(|o| o.get().0 == self.0)
-    }
-    fn __hash__(&self) -> u64 {
-        xxhash_rust::xxh3::xxh3_64(format!("{:?}", self.0).as_bytes())
-    }
     fn __repr__(&self) -> String {
         format!(
             "Pending(moref={:?}, kind={}, changed={:?})",
-            self.0.moref, self.0.kind, self.0.changed
+            self.moref, self.kind, self.changed.0
         )
     }
 }
@@ -173,12 +168,12 @@ impl PyBatch {
             signals: b
                 .signals
                 .into_iter()
-                .map(|s| Py::new(py, PySignal(s)))
+                .map(|s| Py::new(py, PySignal::from(s)))
                 .collect::<PyResult<_>>()?,
             pending: b
                 .pending
                 .into_iter()
-                .map(|p| Py::new(py, PyPending(p)))
+                .map(|p| Py::new(py, PyPending::from(p)))
                 .collect::<PyResult<_>>()?,
             skipped: b.skipped.items(),
             version: b.version,
