@@ -339,13 +339,14 @@ impl Decider {
         if up.changed & self.paths.extra_config_mask != 0 || matches!(name_in_update, Some(Some(_))) {
             self.cache.set_negative(slot, false);
         }
-        // The name key is not fingerprinted (the operator writes it), but a VM that gains a name it
-        // did not have, or another one, now maps to a Kubernetes object that never heard of it.
+        // The name key is not fingerprinted (the operator writes it), but a VM that had no name (not
+        // managed, or not yet fetched) and gains one now maps to a Kubernetes object that never heard
+        // of it. (A name that differs from the one the index gave is not a gain: that would flip-flop.)
         let mut name_gained = false;
         let name: Option<(String, String)> = match &name_in_update {
             Some(n) => {
                 let s = n.as_ref().map(|(a, b)| format!("{a}/{b}"));
-                name_gained = s.is_some() && !up.new && self.cache.name(slot) != s;
+                name_gained = s.is_some() && !up.new && self.cache.name(slot).is_none();
                 self.cache.set_name(slot, s.as_deref());
                 n.clone()
             }

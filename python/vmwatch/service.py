@@ -126,6 +126,7 @@ class Service:
         self.last_error: BaseException | None = None
         self.session: Session | None = None  # the current watcher's session
         self._rate_log = RateLimitedLog(log)
+        self._validating = 0
         self._stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._metrics_watcher: Watcher | None = None
@@ -298,8 +299,20 @@ class Service:
         return result
 
     # -- signals -> requests --------------------------------------------------------------------------
+    @property
+    def validating(self) -> int:
+        """Signals taken from the watcher and not yet enqueued or dropped (a validation GET in flight)."""
+        return self._validating
+
     async def _handle(self, signal: Signal) -> None:
         """Spec 4.5: enqueue only VMs that exist in this cluster (and are not being deleted)."""
+        self._validating += 1
+        try:
+            await self._validate_and_enqueue(signal)
+        finally:
+            self._validating -= 1
+
+    async def _validate_and_enqueue(self, signal: Signal) -> None:
         self.metrics.signals.inc()
         entry = self.index.get(signal.namespace, signal.name)
         if entry is None:

@@ -173,11 +173,11 @@ class Reference:
         entry.fps.update(props)
         if any(p == EXTRA_CONFIG for p in changed) or (name_in_update is not None and name_in_update[0] is not None):
             entry.negative = False
-        name_gained = False  # a VM that gains a name (or another one) is a change, though the key is ignored
+        name_gained = False  # a VM without a name that gains one is a change, though the key is ignored
         if name_in_update is not None:
             name = name_in_update[0]
             new_name = f'{name[0]}/{name[1]}' if name else None
-            name_gained = new_name is not None and not new and entry.name != new_name
+            name_gained = new_name is not None and not new and entry.name is None
             entry.name = new_name
         else:
             name = parse_namespaced_name(entry.name) if entry.name else None

@@ -171,7 +171,7 @@ async def test_g_slow_consumer(kube_api: client.ApiClient, vc: VcsimServer, reco
                 await fleet.change(name)
                 peak = max(peak, queue.depth, watcher.pending)
         await watcher.sync()
-        await until(lambda: watcher.pending == 0, 'the hand-off into the queue')
+        await until(lambda: watcher.pending == 0 and env.service.validating == 0, 'the hand-off into the queue')
         peak = max(peak, queue.depth)
         delivered: list[tuple[str, str]] = []
         while len(queue):

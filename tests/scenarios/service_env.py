@@ -99,8 +99,9 @@ class ServiceEnv:
         watcher = self.service.slot.watcher
         assert watcher is not None
         await watcher.sync(timeout_s=30)
-        await until(lambda: watcher.pending == 0 and len(self.service.queue) == 0 and self.service.queue.in_flight == 0,
-                    'the hand-off and the queue to drain')  # fmt: skip
+        service = self.service
+        await until(lambda: watcher.pending == 0 and service.validating == 0 and len(service.queue) == 0
+                    and service.queue.in_flight == 0, 'the hand-off, validation and the queue to drain')  # fmt: skip
 
     async def expect_request(self, name: str, *, after: int = 0, timeout_s: float = 15.0) -> None:
         key = (self.namespace, name)
