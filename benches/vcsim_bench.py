@@ -848,6 +848,30 @@ def plot(result: dict[str, Any], prefix: Path) -> list[str]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path.name)
+    sc = result.get('vcsim_scaling', {}).get('rows', [])
+    if sc:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        vms = [r['vms'] for r in sc]
+        ax.plot(vms, [r['p50_ms'] for r in sc], 'o-', color=colors['vmwatch'], label='vmwatch p50 latency (ms)')
+        ax.plot(vms, [r['p99_ms'] for r in sc], 'o:', color=colors['vmwatch'], label='vmwatch p99 latency (ms)')
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('VMs watched in vcsim')
+        ax.set_ylabel('change -> enqueue latency (ms, log)')
+        ax2 = ax.twinx()
+        ax2.plot(vms, [r['vcsim_cpu_share'] for r in sc], 's--', color='grey', label='vcsim CPU (cores)')
+        ax2.plot(vms, [r['watcher_cpu_share'] for r in sc], 'x--', color=colors['vmwatch'], label='watcher CPU (cores)')
+        ax2.set_ylabel('CPU cores')
+        ax2.set_ylim(bottom=0)
+        lines = ax.get_legend_handles_labels()
+        lines2 = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8)
+        ax.set_title(f'{result["vcsim_scaling"]["rate"]:g} changes/s: vcsim cost grows with watched VMs')
+        fig.tight_layout()
+        path = prefix.with_name(prefix.name + '-vcsim-scaling.png')
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path.name)
     rows = result.get('startup_kube', {}).get('rows', [])
     if rows:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -898,6 +922,32 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
+SECTIONS = ('steady', 'vcsim_scaling', 'startup_kube')
+
+
+def merge(paths: list[Path], out_dir: Path) -> int:
+    """One result from runs made separately (e.g. startup earlier, steady state once the machine was quiet)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    result: dict[str, Any] = {
+        'date': max(x['date'] for x in parts),
+        'command': [x['command'] for x in parts],
+        'machine': parts[0]['machine'],
+        'machine_per_part': {s: x['machine'] for x in parts for s in SECTIONS if s in x},
+        'versions': parts[0]['versions'],
+    }
+    for x in parts:
+        for section in SECTIONS:
+            if section in x:
+                result[section] = x[section]
+    result['summary'] = summary(result)
+    stem = f'vcsim-{result["date"][:10]}'
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result['plots'] = plot(result, out_dir / stem)
+    (out_dir / f'{stem}.json').write_text(json.dumps(result, indent=2) + '\n')
+    print(json.dumps(result['summary'], indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or '').split('\n')[0])
     p.add_argument('--out', type=Path, default=ROOT / 'benches' / 'results')
@@ -910,8 +960,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--startup-runs', type=int, default=1)
     p.add_argument('--kubeconfig', type=Path, help='use this kube-apiserver for startup (default: start one)')
     p.add_argument('--skip', nargs='*', default=[], choices=['steady', 'scaling', 'startup', 'plots'])
+    p.add_argument('--merge', type=Path, nargs='+', help='combine the sections of earlier result files (and plot)')
     p.add_argument('--child', nargs=2, metavar=('MODE', 'SPEC'), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.merge:
+        return merge(a.merge, a.out)
     if a.child:
         mode, spec = a.child[0], json.loads(Path(a.child[1]).read_text())
         if mode == 'driver':
