@@ -952,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or '').split('\n')[0])
     p.add_argument('--out', type=Path, default=ROOT / 'benches' / 'results')
     p.add_argument('--smoke', action='store_true', help='tiny sizes, seconds, no plots')
-    p.add_argument('--steady-vms', type=int, default=10)
+    p.add_argument('--steady-vms', type=int, default=8, help='VMs in vcsim (a multiple of 4)')
     p.add_argument('--rates', type=float, nargs='*', default=list(RATES))
     p.add_argument('--window-s', type=float, default=10.0)
     p.add_argument('--scaling-vms', type=int, nargs='*', default=[8, 40, 100, 400])
@@ -981,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f'unknown child {mode}')
         return 0
     if a.smoke:
-        a.steady_vms, a.rates, a.window_s, a.startup_runs = 8, [10.0], 1.5, 1
+        a.steady_vms, a.rates, a.window_s, a.startup_runs = 8, [5.0], 1.6, 1
         a.startup_vms, a.scaling_vms = [8], []
         a.skip = [*a.skip, 'plots']
     now = dt.datetime.now(dt.UTC)
