@@ -925,6 +925,75 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
 SECTIONS = ('steady', 'vcsim_scaling', 'startup_kube')
 
 
+def tables(result: dict[str, Any]) -> str:
+    """The README's markdown tables from a result file."""
+
+    def n(x: float, digits: int = 0) -> str:
+        return f'{x:,.{digits}f}'
+
+    out = []
+    st = result.get('steady')
+    if st:
+        out.append(
+            '| target /s | driver achieved /s | vmwatch enqueued /s | vmwatch p50 / p99 ms | matched '
+            '| baseline enqueued /s | baseline p50 / p99 ms | matched | vcsim CPU (cores) | watchers CPU (cores) |'
+        )
+        out.append('|---|---|---|---|---|---|---|---|---|---|')
+        for v, b in zip(st['vmwatch']['rates'], st['baseline']['rates'], strict=True):
+            out.append(
+                f'| {v["target_rate"]:g} | {n(v["achieved_rate"], 1)} | {n(v["received_rate"], 1)} '
+                f'| {n(v["p50_ms"])} / {n(v["p99_ms"])} | {v["matched_fraction"]:.0%} | {n(b["received_rate"], 1)} '
+                f'| {n(b["p50_ms"])} / {n(b["p99_ms"])} | {b["matched_fraction"]:.0%} '
+                f'| {v["vcsim_cpu_share"]:.2f} / {b["vcsim_cpu_share"]:.2f} '
+                f'| {v["watcher_cpu_share"]:.3f} / {b["watcher_cpu_share"]:.3f} |'
+            )
+        out.append('')
+        out.append(
+            'max sustained: vmwatch {} /s, baseline {} /s; watcher CPU s per 1,000 enqueues at the lowest rate: '
+            'vmwatch {:.2f}, baseline {:.2f}'.format(
+                st['vmwatch']['max_sustained_rate'],
+                st['baseline']['max_sustained_rate'],
+                st['vmwatch']['rates'][0]['watcher_cpu_s_per_1000'],
+                st['baseline']['rates'][0]['watcher_cpu_s_per_1000'],
+            )
+        )
+        out.append('')
+    sc = result.get('vcsim_scaling', {}).get('rows', [])
+    if sc:
+        out.append(
+            '| VMs watched | p50 / p99 ms | changes that reached the enqueue | vcsim CPU (cores) '
+            '| watcher CPU (cores) |'
+        )
+        out.append('|---|---|---|---|---|')
+        for r in sc:
+            got = round(r['matched_fraction'] * (r['changes'] - r['failed_calls']))
+            out.append(
+                f'| {r["vms"]} | {n(r["p50_ms"])} / {n(r["p99_ms"])} | {got} / {r["changes"]} '
+                f'| {r["vcsim_cpu_share"]:.2f} | {r["watcher_cpu_share"]:.3f} |'
+            )
+        out.append('')
+    rows = result.get('startup_kube', {}).get('rows', [])
+    if rows:
+        out.append(
+            '| VMs | vmwatch s (CPU s) | baseline s (CPU s) | wall ratio | peak RSS vmwatch / baseline '
+            '| requests for verified VMs | unverified requested exactly once |'
+        )
+        out.append('|---|---|---|---|---|---|---|')
+        for r in rows:
+            v, b = r['vmwatch'], r['baseline']
+            sv, sb = v['samples'][-1], b['samples'][-1]
+            out.append(
+                f'| {r["vms"]:,} | {v["median_seconds"]:.2f} ({v["median_cpu_s"]:.2f}) '
+                f'| {b["median_seconds"]:.2f} ({b["median_cpu_s"]:.2f}) '
+                f'| {b["median_seconds"] / v["median_seconds"]:.1f}x '
+                f'| {v["median_peak_rss_bytes"] / 2**20:.0f} / {b["median_peak_rss_bytes"] / 2**20:.0f} MiB '
+                f'| {sv["requests_verified"]} / {sb["requests_verified"]} '
+                f'| {sv["unverified_requested_exactly_once"]:,}/{sv["unverified"]:,}, '
+                f'{sb["unverified_requested_exactly_once"]:,}/{sb["unverified"]:,} |'
+            )
+    return '\n'.join(out)
+
+
 def merge(paths: list[Path], out_dir: Path) -> int:
     """One result from runs made separately (e.g. startup earlier, steady state once the machine was quiet)."""
     parts = [json.loads(p.read_text()) for p in paths]
@@ -961,10 +1030,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--kubeconfig', type=Path, help='use this kube-apiserver for startup (default: start one)')
     p.add_argument('--skip', nargs='*', default=[], choices=['steady', 'scaling', 'startup', 'plots'])
     p.add_argument('--merge', type=Path, nargs='+', help='combine the sections of earlier result files (and plot)')
+    p.add_argument('--tables', type=Path, help="print a result file's markdown tables (for README.md)")
     p.add_argument('--child', nargs=2, metavar=('MODE', 'SPEC'), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.merge:
         return merge(a.merge, a.out)
+    if a.tables:
+        print(tables(json.loads(a.tables.read_text())))
+        return 0
     if a.child:
         mode, spec = a.child[0], json.loads(Path(a.child[1]).read_text())
         if mode == 'driver':
