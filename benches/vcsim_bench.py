@@ -14,7 +14,7 @@
   client into dicts), logs in, and processes the initial sync. Reports wall and CPU time, peak RSS, and the
   requests for verified VMs (must be 0) and unverified VMs (exactly 1 each).
 
-    python benches/vcsim_bench.py [--smoke] [--rates 5 10 ...] [--window-s 10] [--startup-vms 1000 5000]
+    python benches/vcsim_bench.py [--smoke] [--rates 5 10 ...] [--window-s 10] [--startup-vms 1000 5000 10000]
 
 Writes benches/results/vcsim-<date>.json and vcsim-<date>-*.png.
 """
@@ -841,7 +841,7 @@ def plot(result: dict[str, Any], prefix: Path) -> list[str]:
                         label=f'{impl} {r["target_rate"]:g}/s')  # fmt: skip
         ax.set_xscale('log')
         ax.set_xlabel('change -> enqueue latency (ms, log)')
-        ax.set_ylabel('fraction of changes')
+        ax.set_ylabel('fraction of the changes that reached the enqueue')
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         path = prefix.with_name(prefix.name + '-latency-cdf.png')
@@ -1001,12 +1001,17 @@ def merge(paths: list[Path], out_dir: Path) -> int:
         'date': max(x['date'] for x in parts),
         'command': [x['command'] for x in parts],
         'machine': parts[0]['machine'],
-        'machine_per_part': {s: x['machine'] for x in parts for s in SECTIONS if s in x},
+        'parts': [
+            {'date': x['date'], 'sections': [s for s in SECTIONS if s in x], 'machine': x['machine']} for x in parts
+        ],  # fmt: skip
         'versions': parts[0]['versions'],
     }
     for x in parts:
         for section in SECTIONS:
-            if section in x:
+            if section == 'startup_kube' and section in x and section in result:
+                rows = [*result[section]['rows'], *x[section]['rows']]
+                result[section] = {**x[section], 'rows': sorted(rows, key=lambda r: r['vms'])}
+            elif section in x:
                 result[section] = x[section]
     result['summary'] = summary(result)
     stem = f'vcsim-{result["date"][:10]}'
@@ -1025,7 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--rates', type=float, nargs='*', default=list(RATES))
     p.add_argument('--window-s', type=float, default=10.0)
     p.add_argument('--scaling-vms', type=int, nargs='*', default=[8, 40, 100, 400])
-    p.add_argument('--startup-vms', type=int, nargs='*', default=[1000, 5000])
+    p.add_argument('--startup-vms', type=int, nargs='*', default=[1000, 5000, 10_000])
     p.add_argument('--startup-runs', type=int, default=1)
     p.add_argument('--kubeconfig', type=Path, help='use this kube-apiserver for startup (default: start one)')
     p.add_argument('--skip', nargs='*', default=[], choices=['steady', 'scaling', 'startup', 'plots'])
