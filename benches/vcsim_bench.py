@@ -186,7 +186,9 @@ class EventLog:
 
 
 def _ready(path: Path, info: dict[str, Any]) -> None:
-    path.write_text(json.dumps(info))
+    partial = path.with_name(path.name + '.partial')
+    partial.write_text(json.dumps(info))
+    partial.replace(path)  # the parent polls for `path`: it must never see half a file
 
 
 def watch_vmwatch(spec: dict[str, Any]) -> None:
@@ -417,7 +419,6 @@ def steady_impl(
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f'{impl} watcher did not start (exit {proc.returncode})')
         time.sleep(0.05)
-    time.sleep(0.1)
     ready = json.loads(ready_path.read_text())
     out: dict[str, Any] = {'initial_sync_s': ready['initial_sync_s'], 'rates': []}
     try:
