@@ -8,6 +8,8 @@
   the other against the same vcsim, and appends (VM, wall time) each time it enqueues a reconcile request. The
   parent matches every change to the first enqueue of that VM at or after the call was issued, and samples the
   CPU time of the watcher, vcsim and the driver from /proc.
+* vcsim scaling: the same light load (2 changes/s) against more and more watched VMs, vmwatch only: shows that
+  vcsim's cost per change grows with the watched inventory (the steady state's limit).
 * startup-kube: vcsim with N VMs plus N VirtualMachine objects created through kube-apiserver (3 of 4 with
   status.uniqueID = MoRef: verified; 1 of 4 with the name in extraConfig only: unverified). Each implementation,
   in its own process, lists the VirtualMachines (vmwatch: the real `VirtualMachineIndex`; baseline: the kubernetes
@@ -15,6 +17,8 @@
   requests for verified VMs (must be 0) and unverified VMs (exactly 1 each).
 
     python benches/vcsim_bench.py [--smoke] [--rates 5 10 ...] [--window-s 10] [--startup-vms 1000 5000 10000]
+    python benches/vcsim_bench.py --merge A.json B.json ...   # one result from runs made at different times
+    python benches/vcsim_bench.py --tables results/vcsim-<date>.json   # the README's markdown tables
 
 Writes benches/results/vcsim-<date>.json and vcsim-<date>-*.png.
 """

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A seconds-long run of benches/pipeline_bench.py with tiny sizes, so the harness cannot rot.
+"""Seconds-long runs of benches/pipeline_bench.py and benches/vcsim_bench.py with tiny sizes, so the harnesses
+cannot rot.
 
 Benchmarks are not tests: nothing here looks at a time or a rate. It checks that every scenario runs
 for both implementations, that they agree on what must be signalled, and that the JSON has the fields
