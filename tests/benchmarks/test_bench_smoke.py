@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A seconds-long run of benches/pipeline_bench.py with tiny sizes, so the harness cannot rot.
+"""Seconds-long runs of benches/pipeline_bench.py and benches/vcsim_bench.py with tiny sizes, so the harnesses
+cannot rot.
 
 Benchmarks are not tests: nothing here looks at a time or a rate. It checks that every scenario runs
 for both implementations, that they agree on what must be signalled, and that the JSON has the fields
@@ -65,3 +66,51 @@ def test_startup_smoke(tmp_path: Path) -> None:
         assert sample['objects'] == 8
         assert sample['signals_verified'] == 0, impl
         assert sample['unverified_signalled_exactly_once'] == sample['unverified'] == 2, impl
+
+
+VCSIM_HARNESS = ROOT / 'benches' / 'vcsim_bench.py'
+
+
+@pytest.mark.servers
+def test_steady_and_kube_startup_smoke(tmp_path: Path, kube_server: Any) -> None:
+    """benches/vcsim_bench.py --smoke: one steady-state window per implementation (8 VMs, 5 changes/s for
+    1.6 s: one extraConfig change per VM; driver and watchers in their own processes) and a startup with 8
+    VirtualMachines in the session's kube-apiserver."""
+    subprocess.run(
+        [
+            sys.executable,
+            str(VCSIM_HARNESS),
+            '--smoke',
+            '--out',
+            str(tmp_path),
+            '--kubeconfig',
+            str(kube_server.kubeconfig),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    (path,) = tmp_path.glob('vcsim-*-smoke.json')
+    result = json.loads(path.read_text())
+    assert {'python', 'vmwatch', 'pyvmomi', 'govmomi_pin'} <= set(result['versions'])
+    steady = result['steady']
+    assert steady['vms'] == 8
+    for impl in ('vmwatch', 'baseline'):
+        (row,) = steady[impl]['rates']
+        assert row['changes'] == 8 and row['failed_calls'] == 0, (impl, row)
+        assert row['ops'] == {'extraconfig': 8}
+        # every change reached the enqueue (no timing is judged: the window is too short to mean anything)
+        assert row['matched_fraction'] == 1.0, (impl, row)
+        assert row['enqueues'] >= 1 and row['watcher_cpu_s'] >= 0 and row['vcsim_cpu_s'] > 0
+        assert len(row['latencies_ms']) == row['changes']
+        assert {'p50_ms', 'p99_ms', 'lag_slope_ms_per_s', 'watcher_cpu_s_per_1000', 'sustained'} <= set(row)
+    (row,) = result['startup_kube']['rows']
+    assert row['vms'] == 8
+    for impl in ('vmwatch', 'baseline'):
+        (sample,) = row[impl]['samples']
+        assert sample['index_len'] >= 8
+        assert sample['requests_verified'] == 0, impl
+        assert sample['unverified_requested_exactly_once'] == sample['unverified'] == 2, impl
+        assert sample['peak_rss_bytes'] > 0
+    assert set(result['summary']) >= {'steady_vmwatch_max_sustained_rate', 'startup_kube_vmwatch_8'}
