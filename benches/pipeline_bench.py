@@ -722,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--startup-vms', type=int, nargs='*', default=None, help='default 1000 (none with --smoke)')
     p.add_argument('--startup-runs', type=int, default=3)
     p.add_argument('--skip', nargs='*', default=[], choices=['replay', 'memory', 'startup', 'plots'])
+    p.add_argument('--merge', action='store_true',
+                   help="keep the sections of today's result file that this run skips (re-run one part)")  # fmt: skip
     p.add_argument('--memory-child', nargs=2, metavar=('IMPL', 'VMS'), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.memory_child:
@@ -750,9 +752,15 @@ def main(argv: list[str] | None = None) -> int:
     if 'startup' not in a.skip and a.startup_vms:
         os.sched_setaffinity(0, os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
         result['startup'] = bench_startup(a.startup_vms, a.startup_runs)
-    result['summary'] = summary(result)
     a.out.mkdir(parents=True, exist_ok=True)
     stem = f'pipeline-{now.date().isoformat()}{"-smoke" if a.smoke else ""}'
+    previous = a.out / f'{stem}.json'
+    if a.merge and previous.exists():
+        kept = json.loads(previous.read_text())
+        for section in ('replay', 'memory', 'startup'):
+            if section not in result and section in kept:
+                result[section] = {**kept[section], 'run': {k: kept.get(k) for k in ('date', 'command', 'machine')}}
+    result['summary'] = summary(result)
     if 'plots' not in a.skip:
         result['plots'] = plot(result, a.out / stem)
     (a.out / f'{stem}.json').write_text(json.dumps(result, indent=2) + '\n')
