@@ -431,6 +431,18 @@ impl IndexInner {
         self.len == 0
     }
 
+    /// Every indexed VM as (namespace, name), in slot order (what a relist diffs against).
+    pub fn keys(&self) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(self.len);
+        for slot in 0..self.entries.len() as u32 {
+            if !self.entries[slot as usize].is_vacant() {
+                let v = self.view(slot);
+                out.push((v.namespace.to_owned(), v.name.to_owned()));
+            }
+        }
+        out
+    }
+
     /// Forget every VM and give the memory back.
     pub fn clear(&mut self) {
         let hasher = self.hasher.clone();
@@ -529,6 +541,10 @@ impl Index {
             .read()
             .by_unique_id(uid)
             .map(|v| (v.namespace.to_owned(), v.name.to_owned()))
+    }
+
+    pub fn keys(&self) -> Vec<(String, String)> {
+        self.read().keys()
     }
 
     pub fn clear(&self) {
@@ -742,6 +758,22 @@ mod tests {
             }
         }
         ix.check();
+    }
+
+    #[test]
+    fn keys_lists_live_vms_only() {
+        let ix = Index::new();
+        ix.upsert("a", "one", "vm-1", false, 1);
+        ix.upsert("b", "two", "", true, 2);
+        ix.upsert("a", "three", "vm-3", false, 3);
+        assert!(ix.delete("a", "one"));
+        let mut keys = ix.keys();
+        keys.sort();
+        assert_eq!(keys, vec![("a".into(), "three".into()), ("b".into(), "two".into())]);
+        ix.upsert("c", "four", "", false, 0); // reuses the vacant slot
+        assert_eq!(ix.keys().len(), 3);
+        ix.clear();
+        assert!(ix.keys().is_empty());
     }
 
     /// Readers never see a torn state while a writer churns uniqueIDs, deletes and re-inserts.

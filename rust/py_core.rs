@@ -59,6 +59,11 @@ impl PyIndex {
         py.detach(|| self.inner.clear());
     }
 
+    /// Every indexed VM as (namespace, name).
+    fn keys(&self, py: Python<'_>) -> Vec<(String, String)> {
+        py.detach(|| self.inner.keys())
+    }
+
     fn __len__(&self) -> usize {
         self.inner.len()
     }

@@ -112,6 +112,8 @@ class Index:
         """(unique_id, deleting, priority) or None."""
     def by_unique_id(self, unique_id: str) -> tuple[str, str] | None:
         """(namespace, name) when exactly one VM has this status.uniqueID, else None."""
+    def keys(self) -> list[tuple[str, str]]:
+        """Every indexed VM as (namespace, name)."""
     def clear(self) -> None: ...
     def __len__(self) -> int: ...
     def bytes(self) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from typing import Any, Final
 
 from vmwatch._vmwatch import Index
@@ -39,6 +38,8 @@ VM_PLURAL: Final = 'virtualmachines'
 
 class VirtualMachineIndex(ListWatch):
     """List + watch VirtualMachines (all namespaces) into a Rust `Index`. Use `start()`/`stop()` or `with`.
+
+    The `Index` belongs to this watch: a relist removes every VM in it that the list does not have.
 
     `api` is a `kubernetes.client.ApiClient`; only its REST layer is used, with raw responses.
     """
@@ -68,7 +69,6 @@ class VirtualMachineIndex(ListWatch):
         )
         self.index = index if index is not None else Index()
         self._api_version = f'{group}/{version}'
-        self._names: dict[str, set[str]] = {}  # namespace -> names held in the index
         self._resume: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -111,13 +111,6 @@ class VirtualMachineIndex(ListWatch):
     async def wait_for_resource_version_async(self, resource_version: str, timeout_s: float | None = None) -> bool:
         return await asyncio.to_thread(self.wait_for_resource_version, resource_version, timeout_s)
 
-    def python_bytes(self) -> int:
-        """Approximate bytes held on the Python side (the name sets), for the memory report."""
-        total = sys.getsizeof(self._names)
-        for namespace, names in self._names.items():
-            total += sys.getsizeof(namespace) + sys.getsizeof(names) + sum(sys.getsizeof(n) for n in names)
-        return total
-
     # -- ListWatch hooks ----------------------------------------------------------------------------
     def on_event(self, kind: str, obj: dict[str, Any]) -> None:
         if kind == 'DELETED':
@@ -133,7 +126,7 @@ class VirtualMachineIndex(ListWatch):
             metadata = obj.get('metadata') or {}
             seen.setdefault(metadata.get('namespace', ''), set()).add(metadata.get('name', ''))
             self._upsert(obj)
-        stale = [(ns, name) for ns, names in self._names.items() for name in names - seen.get(ns, set())]
+        stale = [(ns, name) for ns, name in self.index.keys() if name not in seen.get(ns, ())]
         for namespace, name in stale:
             self._delete(namespace, name)
         if stale:
@@ -155,18 +148,9 @@ class VirtualMachineIndex(ListWatch):
             deleting=bool(metadata.get('deletionTimestamp')),
             priority=vm_priority(obj),
         )
-        names = self._names.get(namespace)
-        if names is None:
-            names = self._names[sys.intern(namespace)] = set()
-        names.add(name)
 
     def _delete(self, namespace: str, name: str) -> None:
         self.index.delete(namespace, name)
-        names = self._names.get(namespace)
-        if names is not None:
-            names.discard(name)
-            if not names:
-                del self._names[namespace]
 
 
 async def fetch_vm_entry(objects: Any, namespace: str, name: str) -> tuple[str, bool, int] | None:
