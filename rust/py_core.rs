@@ -37,8 +37,23 @@ impl PyIndex {
     }
 
     #[pyo3(signature = (namespace, name, *, unique_id, deleting, priority))]
-    fn upsert(&self, py: Python<'_>, namespace: &str, name: &str, unique_id: &str, deleting: bool, priority: i32) {
-        py.detach(|| self.inner.upsert(namespace, name, unique_id, deleting, priority));
+    fn upsert(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        name: &str,
+        unique_id: &str,
+        deleting: bool,
+        priority: i32,
+    ) -> PyResult<()> {
+        // guarded: the index's only panics are its capacity limits (2^32 VMs, 4 GiB of names)
+        py.detach(|| {
+            guard(|| {
+                self.inner.upsert(namespace, name, unique_id, deleting, priority);
+                Ok(())
+            })
+        })?;
+        Ok(())
     }
 
     fn delete(&self, py: Python<'_>, namespace: &str, name: &str) -> bool {
