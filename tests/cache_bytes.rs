@@ -10,31 +10,7 @@ use _vmwatch::batch::{Decider, DeciderConfig};
 use _vmwatch::decode::{decode, DecodeOptions, Decoded, ObjectUpdate, UpdateSet};
 use _vmwatch::filter::{Filter, DEFAULT_NAME_KEY};
 use _vmwatch::index::Index;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator, only counting sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+mod common;
 
 const VMS: usize = 100_000;
 /// The target of issue 3 (the Go operator uses ~615 bytes).
@@ -74,7 +50,7 @@ fn measure(make_all_non_null: bool) -> (f64, usize) {
         .iter()
         .filter(|c| c.fp != Some(_vmwatch::value::NULL_FP))
         .count();
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = common::live();
     for chunk in 0..VMS / 1000 {
         let mut set = UpdateSet {
             version: Some("1".into()),
@@ -99,7 +75,7 @@ fn measure(make_all_non_null: bool) -> (f64, usize) {
         }
         drop(d.decide_set(set, &ix));
     }
-    let live = LIVE.load(Ordering::Relaxed) - base;
+    let live = common::live() - base;
     assert_eq!(d.cache_stats().items as usize, VMS);
     let words = if make_all_non_null { tpl.changes.len() } else { non_null };
     (live as f64 / VMS as f64 + MALLOC_HEADER, words)

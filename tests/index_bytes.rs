@@ -4,31 +4,7 @@
 //! `cargo test --release --test index_bytes -- --nocapture` prints the numbers.
 
 use _vmwatch::index::Index;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: forwards to the system allocator, only counting sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+mod common;
 
 const VMS: usize = 100_000;
 /// Issue 6: cache + index <= 400 bytes/VM; the cache takes ~270 of it.
@@ -47,7 +23,7 @@ fn assert_honest(ix: &Index, counted: isize) {
 
 #[test]
 fn bytes_per_vm_at_100k() {
-    let base = LIVE.load(Ordering::Relaxed);
+    let base = common::live();
     let ix = Index::new();
     for i in 0..VMS {
         let ns = format!("namespace-{:02}", i % 50);
@@ -59,7 +35,7 @@ fn bytes_per_vm_at_100k() {
             0,
         );
     }
-    let counted = LIVE.load(Ordering::Relaxed) - base;
+    let counted = common::live() - base;
     println!(
         "index, 100k VMs in 50 namespaces: {:.1} bytes/VM counted, {:.1} reported",
         counted as f64 / VMS as f64,
@@ -82,7 +58,7 @@ fn bytes_per_vm_at_100k() {
         ix.by_unique_id("vm-500001"),
         Some(("namespace-01".into(), "virtual-machine-1".into()))
     );
-    let counted = LIVE.load(Ordering::Relaxed) - base;
+    let counted = common::live() - base;
     println!(
         "after churn, {} VMs: {:.1} bytes/VM counted",
         ix.len(),
@@ -92,5 +68,5 @@ fn bytes_per_vm_at_100k() {
     ix.clear();
     assert_eq!(ix.bytes(), 0);
     // everything is given back (the test harness's output capture may still hold a little)
-    assert!(LIVE.load(Ordering::Relaxed) - base < 4096);
+    assert!(common::live() - base < 4096);
 }
