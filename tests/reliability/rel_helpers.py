@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service_env import ServiceEnv, until
 
@@ -14,6 +15,9 @@ from vmwatch.devenv import VcsimServer
 from vmwatch.vsphere import MoRef, Session
 from vmwatch.vsphere import inventory as inv
 from vmwatch.vsphere._pyvmomi import vim
+
+if TYPE_CHECKING:
+    from conftest import Recorder
 
 
 # one cluster with one host (placement never differs), N VMs, all in the datacenter's root VM folder, which
@@ -44,6 +48,11 @@ class Fleet:
         self.changed_at[name] = len(self.env.received)
         await self.env.vsphere(inv.set_extra_config, self.vms[name], {WATCHED_KEY: str(self.counter)})
 
+    async def change_each(self, names: Iterable[str] | None = None) -> None:
+        """A watched change to each of `names` (every VM by default), one after the other."""
+        for name in self.names if names is None else names:
+            await self.change(name)
+
     async def change_ignored(self, name: str) -> None:
         self.counter += 1
         await self.env.vsphere(inv.set_extra_config, self.vms[name], {IGNORED_KEY: str(self.counter)})
@@ -59,6 +68,16 @@ class Fleet:
         while self.lost() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         return self.lost()
+
+
+async def record_delivered(
+    recorder: Recorder, row_id: str, fleet: Fleet, *, test: str, did: str, timeout_s: float = 30.0
+) -> None:
+    """Wait (bounded) for every changed VM's request, record row `row_id` with the number lost, then require
+    that none was lost."""
+    lost = await fleet.wait_delivered(timeout_s=timeout_s)
+    recorder.record(row_id, lost=len(lost), test=test, did=did)
+    assert lost == [], lost
 
 
 async def make_fleet(env: ServiceEnv, n: int, *, verified: bool = True, zone: bool = True) -> Fleet:
@@ -99,6 +118,11 @@ async def relogin(env: ServiceEnv) -> None:
     """The test's own session after a vcsim restart (its password file is re-read)."""
     await asyncio.to_thread(env.session.logout)
     await asyncio.to_thread(env.session.login)
+
+
+async def new_login(env: ServiceEnv, since: int, what: str = 'a new login', *, timeout_s: float = 30.0) -> None:
+    """Wait for a login after the first `since` ones, and the watcher it starts."""
+    await until(lambda: env.service.logins > since and env.service.watching, what, timeout_s=timeout_s)
 
 
 def terminate(session: Session, victim: Session) -> None:

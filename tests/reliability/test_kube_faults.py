@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes import config as kconfig
-from rel_helpers import make_fleet, topology
+from rel_helpers import make_fleet, record_delivered, topology
 from service_env import service_env, until
 from test_kube_index import compact_etcd
 
@@ -42,19 +42,15 @@ async def test_f_kube_apiserver_restarted_and_410_gone(
         env.create_vm('vm-new', unique_id=spare.value)  # created after the restart: learnt by the relist/watch
         fleet.vms['vm-new'] = spare
         await env.index_has('vm-new', lambda e: e[0] == spare.value)
-        for name in fleet.names[1:]:
-            await fleet.change(name)
-        lost = await fleet.wait_delivered()
-        gone = env.service.index.stats.relists_gone - gone_before
-        recorder.record(
-            'f', lost=len(lost), test='test_kube_faults.py::test_f_kube_apiserver_restarted_and_410_gone '
+        await fleet.change_each(fleet.names[1:])
+        await record_delivered(
+            recorder, 'f', fleet, test='test_kube_faults.py::test_f_kube_apiserver_restarted_and_410_gone '
             '(and tests/scenarios/test_kube_index.py::test_410_gone_relists_without_losing_or_keeping_a_vm)',
             did='the watcher is not affected; the VM index and the Zone cache resume their watches with backoff, '
             'get 410 Gone and relist; a VM changed while the API was down and a VirtualMachine created after the '
             'restart are both signalled',
         )  # fmt: skip
-        assert lost == []
-        assert gone >= 1
+        assert env.service.index.stats.relists_gone - gone_before >= 1
 
 
 async def test_j_crds_missing_at_startup(
@@ -75,16 +71,13 @@ async def test_j_crds_missing_at_startup(
                 assert any('CustomResourceDefinition installed?' in m for m in errors), errors
                 await asyncio.to_thread(install_crds, api)
                 fleet = await make_fleet(env, N)
-                for name in fleet.names:
-                    await fleet.change(name)
-                lost = await fleet.wait_delivered()
-                recorder.record(
-                    'j', lost=len(lost), test='test_kube_faults.py::test_j_crds_missing_at_startup',
+                await fleet.change_each()
+                await record_delivered(
+                    recorder, 'j', fleet, test='test_kube_faults.py::test_j_crds_missing_at_startup',
                     did='each watcher start fails at once with an error naming the missing resource and asking '
                     'whether its CRD is installed (logged at error level, rate-limited; not ready); retried with '
                     'backoff; once the CRDs are installed the caches list, the watcher starts and every change is '
                     'signalled',
                 )  # fmt: skip
-                assert lost == []
     finally:
         await asyncio.to_thread(server.stop)

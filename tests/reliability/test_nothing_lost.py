@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from rel_helpers import IGNORED_KEY, WATCHED_KEY, Fleet, kill, make_fleet, relogin, terminate, topology
+from rel_helpers import IGNORED_KEY, WATCHED_KEY, Fleet, kill, make_fleet, new_login, relogin, terminate, topology
 from service_env import ServiceEnv, service_env, until
 
 from conftest import Recorder
@@ -137,7 +137,7 @@ class Driver:
             await (self.watched_change(name) if self.rng.random() < 0.6 else self.ignored_change(name))
         logins = self.env.service.logins
         self.service_password.write_text(self.vc.password + '\n')
-        await until(lambda: self.env.service.logins > logins and self.env.service.watching, 'the service back')
+        await new_login(self.env, logins, 'the service back')
 
     async def terminate_session(self) -> None:
         self.trace.append('terminate the service session')

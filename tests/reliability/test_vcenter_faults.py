@@ -9,7 +9,17 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from rel_helpers import counter, kill, make_fleet, relogin, set_session_timeout, terminate, topology
+from rel_helpers import (
+    counter,
+    kill,
+    make_fleet,
+    new_login,
+    record_delivered,
+    relogin,
+    set_session_timeout,
+    terminate,
+    topology,
+)
 from service_env import service_env, until
 
 from conftest import Recorder
@@ -36,16 +46,13 @@ async def test_a_vcsim_killed_mid_wait_and_restarted(
         await asyncio.to_thread(kill, vc)
         await asyncio.to_thread(vc.start)  # same port, same password, fresh inventory (same MoRefs)
         await relogin(env)
-        await until(lambda: env.service.logins > logins and env.service.watching, 'a new login', timeout_s=60)
-        for name in fleet.names:
-            await fleet.change(name)
-        lost = await fleet.wait_delivered()
-        recorder.record(
-            'a', lost=len(lost), test='test_vcenter_faults.py::test_a_vcsim_killed_mid_wait_and_restarted',
+        await new_login(env, logins, timeout_s=60)
+        await fleet.change_each()
+        await record_delivered(
+            recorder, 'a', fleet, test='test_vcenter_faults.py::test_a_vcsim_killed_mid_wait_and_restarted',
             did='the blocked wait fails (transport error); the service retries with backoff, logs in again once '
             'vcsim answers and signals every VM changed after the restart',
         )  # fmt: skip
-        assert lost == []
 
 
 async def test_b_session_terminated_by_another_client(
@@ -58,16 +65,13 @@ async def test_b_session_terminated_by_another_client(
         assert victim is not None
         await env.vsphere(terminate, victim)
         await fleet.change('vm-0')  # most likely in the gap between the two sessions
-        await until(lambda: env.service.logins > logins and env.service.watching, 'a new login')
-        for name in fleet.names[1:]:
-            await fleet.change(name)
-        lost = await fleet.wait_delivered()
-        recorder.record(
-            'b', lost=len(lost), test='test_vcenter_faults.py::test_b_session_terminated_by_another_client',
+        await new_login(env, logins)
+        await fleet.change_each(fleet.names[1:])
+        await record_delivered(
+            recorder, 'b', fleet, test='test_vcenter_faults.py::test_b_session_terminated_by_another_client',
             did='the next call fails NotAuthenticated; the service logs in again (restart cause `auth`), the new '
             'watcher re-reads every VM and signals the one changed in the gap and every later change',
         )  # fmt: skip
-        assert lost == []
         assert counter(env.service.metrics.watcher_restarts, cause='auth') >= 1
 
 
@@ -78,15 +82,13 @@ async def test_c_session_idle_timeout(kube_api: client.ApiClient, vc: VcsimServe
         for name in fleet.names:
             logins = env.service.logins
             # a blocked 3 s wait outlives the 1 s idle timeout: the session expires under it
-            await until(lambda n=logins: env.service.logins > n and env.service.watching, 'an expiry and a new login')  # type: ignore[misc]
+            await new_login(env, logins, 'an expiry and a new login')
             await fleet.change(name)
-        lost = await fleet.wait_delivered()
-        recorder.record(
-            'c', lost=len(lost), test='test_vcenter_faults.py::test_c_session_idle_timeout',
+        await record_delivered(
+            recorder, 'c', fleet, test='test_vcenter_faults.py::test_c_session_idle_timeout',
             did='sessions expire under the long poll (1 s idle timeout, 3 s waits); each expiry ends the watcher '
             'with NotAuthenticated, the service logs in again and every change made between expiries is signalled',
         )  # fmt: skip
-        assert lost == []
         assert counter(env.service.metrics.watcher_restarts, cause='auth') >= N
 
 
@@ -100,17 +102,14 @@ async def test_d_password_rotated(
         await asyncio.to_thread(vc.restart, password='rotated-' + vc.password)
         await relogin(env)
         await until(lambda: 'login failed' in env.service.status, 'a refused login with the old password')
-        for name in fleet.names[:2]:
-            await fleet.change(name)  # changed while the service is locked out
+        await fleet.change_each(fleet.names[:2])  # changed while the service is locked out
         service_password.write_text(vc.password + '\n')
         await until(lambda: env.service.watching, 'a login with the rotated password')
-        lost = await fleet.wait_delivered()
-        recorder.record(
-            'd', lost=len(lost), test='test_vcenter_faults.py::test_d_password_rotated',
+        await record_delivered(
+            recorder, 'd', fleet, test='test_vcenter_faults.py::test_d_password_rotated',
             did='logins fail (InvalidLogin, warning, rate-limited) with backoff until the password file changes; '
             'the file is re-read on every attempt, and the VMs changed while locked out are signalled',
         )  # fmt: skip
-        assert lost == []
 
 
 def login_bound(window_s: float, *, initial_s: float, max_s: float) -> int:
@@ -142,18 +141,15 @@ async def test_e_vcenter_unreachable_for_long(kube_api: client.ApiClient, vc: Vc
         await asyncio.to_thread(vc.start)
         await relogin(env)
         await until(lambda: env.service.watching, 'a watcher once vCenter is back', timeout_s=30)
-        for name in fleet.names:
-            await fleet.change(name)
-        lost = await fleet.wait_delivered()
-        recorder.record(
-            'e', lost=len(lost), test='test_vcenter_faults.py::test_e_vcenter_unreachable_for_long',
+        await fleet.change_each()
+        await record_delivered(
+            recorder, 'e', fleet, test='test_vcenter_faults.py::test_e_vcenter_unreachable_for_long',
             did=f'retries with capped exponential backoff and jitter: over {WINDOW_S:.0f} s with backoff '
             f'{initial_s} s doubling to {max_s} s, at most {bound} logins (bound computed from the settings; '
             f'with the defaults, 1 s to 300 s, at most {hourly} per hour); the process never exits, and once '
             'vCenter is back every change is signalled',
         )  # fmt: skip
         assert 2 <= attempts <= bound, (attempts, bound)
-        assert lost == []
 
 
 async def test_g_slow_consumer(kube_api: client.ApiClient, vc: VcsimServer, recorder: Recorder) -> None:
@@ -197,32 +193,26 @@ async def test_h_latency_injected(kube_api: client.ApiClient, vcsim_factory: Any
     async with service_env(kube_api, vc) as env:
         fleet = await make_fleet(env, N)
         for _ in range(2):
-            for name in fleet.names:
-                await fleet.change(name)
-        lost = await fleet.wait_delivered(timeout_s=60)
-        recorder.record(
-            'h', lost=len(lost), test='test_vcenter_faults.py::test_h_latency_injected',
+            await fleet.change_each()
+        await record_delivered(
+            recorder, 'h', fleet, timeout_s=60, test='test_vcenter_faults.py::test_h_latency_injected',
             did='every call 20 ms slower, WaitForUpdatesEx +300 ms, RetrievePropertiesEx, CreateFilter, '
             'ModifyListView and Login +200 ms: every change still arrives',
         )  # fmt: skip
-        assert lost == []
 
 
 async def test_i_zone_folder_missing(kube_api: client.ApiClient, vc: VcsimServer, recorder: Recorder) -> None:
     async with service_env(kube_api, vc, zone_controller=False) as env:
         env.create_zone('bogus', 'group-4242424242')
         fleet = await make_fleet(env, N)
-        for name in fleet.names:
-            await fleet.change(name)
-        lost = await fleet.wait_delivered()
-        owners = env.service.slot.watcher.owners()  # type: ignore[union-attr]
-        bogus = env.zone('bogus')
-        recorder.record(
-            'i', lost=len(lost), test='test_vcenter_faults.py::test_i_zone_folder_missing '
+        await fleet.change_each()
+        await record_delivered(
+            recorder, 'i', fleet, test='test_vcenter_faults.py::test_i_zone_folder_missing '
             '(and tests/scenarios/test_service.py::test_34)',
             did='the missing folder is filtered out (warning) and gets no finalizer; the watcher runs for the '
             "other Zones' folders and signals their VMs",
         )  # fmt: skip
-        assert lost == []
+        owners = env.service.slot.watcher.owners()  # type: ignore[union-attr]
+        bogus = env.zone('bogus')
         assert MoRef('Folder', 'group-4242424242') not in owners and fleet.folder in owners
         assert bogus is not None and not (bogus['metadata'].get('finalizers') or [])
