@@ -49,6 +49,16 @@ from pyVmomi import SoapAdapter, VmomiSupport
 
 import vmwatch
 from baseline_pyvmomi import BaselineDecider, property_collector, wait_options
+from bench_common import (
+    COLORS,
+    cpu_s_between,
+    last_json_line,
+    peak_rss_bytes,
+    plot_startup,
+    pyplot,
+    save_figure,
+    write_result,
+)
 from machine_info import cpu_model
 from vmwatch import _vmwatch
 from vmwatch.queue import WorkQueue
@@ -474,7 +484,7 @@ def bench_memory(sizes: list[int]) -> dict[str, Any]:
         for impl in ('vmwatch', 'baseline'):
             cmd = [sys.executable, __file__, '--memory-child', impl, str(vms)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300)
-            row = json.loads(res.stdout.strip().splitlines()[-1])
+            row = last_json_line(res.stdout)
             rows.append(row)
             print(f'memory {impl} {row["vms"]}: {row["rss_bytes_per_vm"]:.0f} B/VM RSS', file=sys.stderr)
     return {'method': 'RSS growth (after malloc_trim) in a fresh process per row', 'rows': rows}
@@ -575,7 +585,7 @@ def _startup_once(
             session.logout()
         return {
             'seconds': seconds,
-            'cpu_s': (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
+            'cpu_s': cpu_s_between(r0, r1),
             'responses': responses,
             'objects': objects,
         }
@@ -584,7 +594,7 @@ def _startup_once(
     res['signals_verified'] = sum(c for (_, n), c in signals.items() if n not in unverified)
     res['unverified'] = len(unverified)
     res['unverified_signalled_exactly_once'] = sum(1 for n in unverified if signals.get((NS, n)) == 1)
-    res['peak_rss_bytes'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    res['peak_rss_bytes'] = peak_rss_bytes()
     return res
 
 
@@ -622,13 +632,8 @@ def bench_startup(sizes: list[int], runs: int, unverified_every: int = 4) -> dic
 
 
 def plot(result: dict[str, Any], prefix: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     written = []
-    colors = {'vmwatch': '#1f77b4', 'baseline': '#ff7f0e'}
     rep = result.get('replay', {}).get('scenarios', {})
     if rep:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -636,18 +641,14 @@ def plot(result: dict[str, Any], prefix: Path) -> list[str]:
         for k, impl in enumerate(('vmwatch', 'baseline')):
             vals = [rep[n][impl]['median_updates_per_s'] for n in names]
             xs = [i + (k - 0.5) * 0.38 for i in range(len(names))]
-            ax.bar(xs, vals, width=0.38, label=impl if impl == 'vmwatch' else 'baseline (pyVmomi)', color=colors[impl])
+            ax.bar(xs, vals, width=0.38, label=impl if impl == 'vmwatch' else 'baseline (pyVmomi)', color=COLORS[impl])
         ax.axhline(TARGETS['replay_updates_per_s'], color='grey', ls='--', lw=1, label='target 100k/s')
         ax.set_xticks(range(len(names)), names)
         ax.set_yscale('log')
         ax.set_ylabel('object updates / s (one core, log)')
         ax.set_title('Replay ceiling: HTTP + decode + decide + lookup + enqueue')
         ax.legend()
-        fig.tight_layout()
-        path = prefix.with_name(prefix.name + '-throughput.png')
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(save_figure(fig, prefix, 'throughput'))
     mem = result.get('memory', {}).get('rows', [])
     if mem:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -657,7 +658,7 @@ def plot(result: dict[str, Any], prefix: Path) -> list[str]:
                 [r['vms'] for r in rows],
                 [r['rss_bytes_per_vm'] for r in rows],
                 'o-',
-                color=colors[impl],
+                color=COLORS[impl],
                 label=f'{impl} (RSS growth)',
             )
         rows = [r for r in mem if r['impl'] == 'vmwatch']
@@ -665,7 +666,7 @@ def plot(result: dict[str, Any], prefix: Path) -> list[str]:
             [r['vms'] for r in rows],
             [r['self_reported_bytes_per_vm'] for r in rows],
             'x:',
-            color=colors['vmwatch'],
+            color=COLORS['vmwatch'],
             label='vmwatch (self-reported)',
         )
         ax.axhline(TARGETS['memory_bytes_per_vm'], color='grey', ls='--', lw=1, label='target 400 B/VM')
@@ -674,38 +675,10 @@ def plot(result: dict[str, Any], prefix: Path) -> list[str]:
         ax.set_ylabel('bytes / VM (fingerprint cache + index)')
         ax.set_ylim(bottom=0)
         ax.legend()
-        fig.tight_layout()
-        path = prefix.with_name(prefix.name + '-memory.png')
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(save_figure(fig, prefix, 'memory'))
     st = result.get('startup', {}).get('rows', [])
     if st:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for impl in ('vmwatch', 'baseline'):
-            ax.plot(
-                [r['vms'] for r in st],
-                [r[impl]['median_seconds'] for r in st],
-                'o-',
-                color=colors[impl],
-                label=f'{impl} wall',
-            )
-            ax.plot(
-                [r['vms'] for r in st],
-                [r[impl]['median_cpu_s'] for r in st],
-                's:',
-                color=colors[impl],
-                label=f'{impl} CPU',
-            )
-        ax.set_xlabel('VMs in vcsim')
-        ax.set_ylabel('seconds to initial sync processed')
-        ax.set_ylim(bottom=0)
-        ax.legend()
-        fig.tight_layout()
-        path = prefix.with_name(prefix.name + '-startup.png')
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(plot_startup(st, prefix, 'VMs in vcsim'))
     return written
 
 
@@ -763,8 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     result['summary'] = summary(result)
     if 'plots' not in a.skip:
         result['plots'] = plot(result, a.out / stem)
-    (a.out / f'{stem}.json').write_text(json.dumps(result, indent=2) + '\n')
-    print(json.dumps(result['summary'], indent=2))
+    write_result(a.out, stem, result)
     return 0
 
 

@@ -47,6 +47,16 @@ from xml.sax.saxutils import escape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import (
+    COLORS,
+    cpu_s_between,
+    last_json_line,
+    peak_rss_bytes,
+    plot_startup,
+    pyplot,
+    save_figure,
+    write_result,
+)
 from pipeline_bench import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,7 +182,7 @@ def driver_child(spec: dict[str, Any]) -> dict[str, Any]:
         'records': records,
         't0': t0,
         'threads': threads,
-        'cpu_s': (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
+        'cpu_s': cpu_s_between(r0, r1),
     }
 
 
@@ -434,7 +444,7 @@ def steady_impl(
             stdout, _ = drv.communicate(timeout=window_s * 10 + 120)
             if drv.returncode != 0:
                 raise RuntimeError(f'driver failed at {rate}/s')
-            d = json.loads(stdout.decode().strip().splitlines()[-1])
+            d = last_json_line(stdout)
             t_end = max(r[4] for r in d['records'])
             first += len(d['records'])
             # drain: until every change is matched, or nothing new arrived for 5 s (at most `drain_s`)
@@ -643,13 +653,7 @@ def startup_vmwatch(spec: dict[str, Any]) -> dict[str, Any]:
             r1 = resource.getrusage(resource.RUSAGE_SELF)
         vmi.stop()
         api.close()
-        return {
-            'seconds': t_sync - t0,
-            'index_s': t_index - t0,
-            'vsphere_s': t_sync - t_index,
-            'cpu_s': (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
-            'index_len': len(vmi),
-        }
+        return {**startup_times(t0, t_index, t_sync, r0, r1), 'index_len': len(vmi)}
 
     res = asyncio.run(run())
     return startup_counts(res, requests, spec)
@@ -718,16 +722,22 @@ def startup_baseline(spec: dict[str, Any]) -> dict[str, Any]:
             views.close()
             session.logout()
         api.close()
-        return {
-            'seconds': t_sync - t0,
-            'index_s': t_index - t0,
-            'vsphere_s': t_sync - t_index,
-            'cpu_s': (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
-            'index_len': len(by_name),
-        }
+        return {**startup_times(t0, t_index, t_sync, r0, r1), 'index_len': len(by_name)}
 
     res = asyncio.run(run())
     return startup_counts(res, requests, spec)
+
+
+def startup_times(
+    t0: float, t_index: float, t_sync: float, r0: resource.struct_rusage, r1: resource.struct_rusage
+) -> dict[str, float]:
+    """A startup child's phases: start -> VirtualMachines listed (index) -> initial sync processed (vSphere)."""
+    return {
+        'seconds': t_sync - t0,
+        'index_s': t_index - t0,
+        'vsphere_s': t_sync - t_index,
+        'cpu_s': cpu_s_between(r0, r1),
+    }
 
 
 def startup_counts(res: dict[str, Any], requests: Counter[str], spec: dict[str, Any]) -> dict[str, Any]:
@@ -735,7 +745,7 @@ def startup_counts(res: dict[str, Any], requests: Counter[str], spec: dict[str, 
     res['requests_verified'] = sum(c for n, c in requests.items() if n not in unverified)
     res['unverified'] = len(unverified)
     res['unverified_requested_exactly_once'] = sum(1 for n in unverified if requests.get(n) == 1)
-    res['peak_rss_bytes'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    res['peak_rss_bytes'] = peak_rss_bytes()
     return res
 
 
@@ -779,7 +789,7 @@ def bench_startup_kube(
                         stdout, _ = proc.communicate(timeout=3600)
                         if proc.returncode != 0:
                             raise RuntimeError(f'startup {impl} failed')
-                        samples[impl].append(json.loads(stdout.decode().strip().splitlines()[-1]))
+                        samples[impl].append(last_json_line(stdout))
                 for impl, ss in samples.items():
                     row[impl] = {
                         'median_seconds': statistics.median(s['seconds'] for s in ss),
@@ -803,13 +813,8 @@ def bench_startup_kube(
 
 
 def plot(result: dict[str, Any], prefix: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     written = []
-    colors = {'vmwatch': '#1f77b4', 'baseline': '#ff7f0e'}
     labels = {'vmwatch': 'vmwatch', 'baseline': 'baseline (pyVmomi)'}
     st = result.get('steady')
     if st:
@@ -818,7 +823,7 @@ def plot(result: dict[str, Any], prefix: Path) -> list[str]:
         ax.plot(targets, targets, ':', color='grey', label='target')
         for impl in ('vmwatch', 'baseline'):
             rows = st[impl]['rates']
-            ax.plot(targets, [r['received_rate'] for r in rows], 'o-', color=colors[impl],
+            ax.plot(targets, [r['received_rate'] for r in rows], 'o-', color=COLORS[impl],
                     label=f'{labels[impl]} enqueued')  # fmt: skip
         ax.plot(targets, [r['achieved_rate'] for r in st['vmwatch']['rates']], 'x--', color='grey',
                 label='driver achieved (vmwatch run)')  # fmt: skip
@@ -828,11 +833,7 @@ def plot(result: dict[str, Any], prefix: Path) -> list[str]:
         ax.set_ylabel('changes / s')
         ax.set_title(f'Steady state against vcsim ({st["vms"]} VMs)')
         ax.legend()
-        fig.tight_layout()
-        path = prefix.with_name(prefix.name + '-steady-throughput.png')
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(save_figure(fig, prefix, 'steady-throughput'))
 
         fig, ax = plt.subplots(figsize=(6, 4))
         styles = ['-', '--', '-.', ':', (0, (3, 1, 1, 1)), (0, (5, 2))]
@@ -842,58 +843,36 @@ def plot(result: dict[str, Any], prefix: Path) -> list[str]:
                 if not xs:
                     continue
                 ys = [(i + 1) / len(xs) for i in range(len(xs))]
-                ax.plot(xs, ys, color=colors[impl], ls=styles[k % len(styles)],
+                ax.plot(xs, ys, color=COLORS[impl], ls=styles[k % len(styles)],
                         label=f'{impl} {r["target_rate"]:g}/s')  # fmt: skip
         ax.set_xscale('log')
         ax.set_xlabel('change -> enqueue latency (ms, log)')
         ax.set_ylabel('fraction of the changes that reached the enqueue')
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = prefix.with_name(prefix.name + '-latency-cdf.png')
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(save_figure(fig, prefix, 'latency-cdf'))
     sc = result.get('vcsim_scaling', {}).get('rows', [])
     if sc:
         fig, ax = plt.subplots(figsize=(6, 4))
         vms = [r['vms'] for r in sc]
-        ax.plot(vms, [r['p50_ms'] for r in sc], 'o-', color=colors['vmwatch'], label='vmwatch p50 latency (ms)')
-        ax.plot(vms, [r['p99_ms'] for r in sc], 'o:', color=colors['vmwatch'], label='vmwatch p99 latency (ms)')
+        ax.plot(vms, [r['p50_ms'] for r in sc], 'o-', color=COLORS['vmwatch'], label='vmwatch p50 latency (ms)')
+        ax.plot(vms, [r['p99_ms'] for r in sc], 'o:', color=COLORS['vmwatch'], label='vmwatch p99 latency (ms)')
         ax.set_xscale('log')
         ax.set_yscale('log')
         ax.set_xlabel('VMs watched in vcsim')
         ax.set_ylabel('change -> enqueue latency (ms, log)')
         ax2 = ax.twinx()
         ax2.plot(vms, [r['vcsim_cpu_share'] for r in sc], 's--', color='grey', label='vcsim CPU (cores)')
-        ax2.plot(vms, [r['watcher_cpu_share'] for r in sc], 'x--', color=colors['vmwatch'], label='watcher CPU (cores)')
+        ax2.plot(vms, [r['watcher_cpu_share'] for r in sc], 'x--', color=COLORS['vmwatch'], label='watcher CPU (cores)')
         ax2.set_ylabel('CPU cores')
         ax2.set_ylim(bottom=0)
         lines = ax.get_legend_handles_labels()
         lines2 = ax2.get_legend_handles_labels()
         ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8)
         ax.set_title(f'{result["vcsim_scaling"]["rate"]:g} changes/s: vcsim cost grows with watched VMs')
-        fig.tight_layout()
-        path = prefix.with_name(prefix.name + '-vcsim-scaling.png')
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(save_figure(fig, prefix, 'vcsim-scaling'))
     rows = result.get('startup_kube', {}).get('rows', [])
     if rows:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for impl in ('vmwatch', 'baseline'):
-            ax.plot([r['vms'] for r in rows], [r[impl]['median_seconds'] for r in rows], 'o-', color=colors[impl],
-                    label=f'{labels[impl]} wall')  # fmt: skip
-            ax.plot([r['vms'] for r in rows], [r[impl]['median_cpu_s'] for r in rows], 's:', color=colors[impl],
-                    label=f'{labels[impl]} CPU')  # fmt: skip
-        ax.set_xlabel('VMs in vcsim (and VirtualMachines in kube-apiserver)')
-        ax.set_ylabel('seconds to initial sync processed')
-        ax.set_ylim(bottom=0)
-        ax.legend()
-        fig.tight_layout()
-        path = prefix.with_name(prefix.name + '-startup.png')
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(plot_startup(rows, prefix, 'VMs in vcsim (and VirtualMachines in kube-apiserver)', labels))
     return written
 
 
@@ -1022,8 +1001,7 @@ def merge(paths: list[Path], out_dir: Path) -> int:
     stem = f'vcsim-{result["date"][:10]}'
     out_dir.mkdir(parents=True, exist_ok=True)
     result['plots'] = plot(result, out_dir / stem)
-    (out_dir / f'{stem}.json').write_text(json.dumps(result, indent=2) + '\n')
-    print(json.dumps(result['summary'], indent=2))
+    write_result(out_dir, stem, result)
     return 0
 
 
@@ -1086,8 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = f'vcsim-{now.date().isoformat()}{"-smoke" if a.smoke else ""}'
     if 'plots' not in a.skip:
         result['plots'] = plot(result, a.out / stem)
-    (a.out / f'{stem}.json').write_text(json.dumps(result, indent=2) + '\n')
-    print(json.dumps(result['summary'], indent=2))
+    write_result(a.out, stem, result)
     return 0
 
 
