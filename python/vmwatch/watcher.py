@@ -256,11 +256,15 @@ class Watcher:
     async def add(self, ref: RefLike, owner_id: str) -> None:
         """Watch container `ref` on behalf of `owner_id` (idempotent per owner; spec 1.2)."""
         ref = MoRef.parse(ref)
+        if self._check_running().add_owner(ref, owner_id):
+            return  # already watched: no ListView change, so the wait in flight goes on undisturbed
         await self._modify(lambda v: v.add(ref, owner_id))
 
     async def remove(self, ref: RefLike, owner_id: str) -> None:
         """Drop `owner_id` from `ref`; the last owner stops watching it. Unknown refs/owners: no-op."""
         ref = MoRef.parse(ref)
+        if self._check_running().drop_owner(ref, owner_id):
+            return  # other owners remain (or nothing to do): vCenter keeps watching, the wait goes on
         await self._modify(lambda v: v.remove(ref, owner_id))
 
     def _check_running(self) -> Views:

@@ -88,6 +88,7 @@ def run_env(
         'VMWATCH_LEASE_DURATION_S': '3',
         'VMWATCH_RENEW_DEADLINE_S': '2',
         'VMWATCH_RETRY_PERIOD_S': '0.25',
+        'VMWATCH_LOG_LEVEL': 'DEBUG',  # a failure prints the log: make it say what happened
     }
     procs: list[RunProcess] = []
 
@@ -114,7 +115,7 @@ def run_env(
     if any(getattr(request.node, f'rep_{when}', None) and getattr(request.node, f'rep_{when}').failed
            for when in ('setup', 'call')):  # fmt: skip
         for p in procs:  # CI shows only the output: print what each process logged and wrote
-            print(f'\n--- {p.err_path.name} (last 60 lines)\n' + '\n'.join(p.err_path.read_text().splitlines()[-60:]))
+            print(f'\n--- {p.err_path.name} (last 200 lines)\n' + '\n'.join(p.err_path.read_text().splitlines()[-200:]))
             print(f'--- {p.out_path.name}\n' + p.out_path.read_text()[-4000:])
     session.logout()
     zone = objects.get_namespaced_custom_object('topology.tanzu.vmware.com', 'v1alpha1', namespace, 'zones', 'zone-a')

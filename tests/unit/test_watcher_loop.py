@@ -178,6 +178,12 @@ class FakeViews:
         self.closed = False
         self.fail_next: Exception | None = None
 
+    def add_owner(self, ref: MoRef, owner: str) -> bool:
+        return False  # every add goes through the paused path, so the tests see each ListView change
+
+    def drop_owner(self, ref: MoRef, owner: str) -> bool:
+        return False
+
     def add(self, ref: MoRef, owner: str) -> bool:
         self.changes.append(('add', ref, owner, self.collector.in_wait))
         if self.fail_next is not None:

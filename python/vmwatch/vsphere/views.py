@@ -105,6 +105,31 @@ class Views:
             True,
         )
 
+    def add_owner(self, ref: RefLike, owner_id: str) -> bool:
+        """Bookkeeping only: when `ref` is already watched, record `owner_id` and return True. False when
+        adding needs vCenter (then call `add`), so a caller can skip pausing the wait for a no-op."""
+        ref = MoRef.parse(ref)
+        with self._lock:
+            self._check_open()
+            if ref not in self._views:
+                return False
+            self._owners[ref].add(owner_id)
+            return True
+
+    def drop_owner(self, ref: RefLike, owner_id: str) -> bool:
+        """Bookkeeping only: True when removing `owner_id` from `ref` leaves vCenter as it is (unknown
+        container or owner, or other owners remain; the owner is dropped). False: call `remove`."""
+        ref = MoRef.parse(ref)
+        with self._lock:
+            self._check_open()
+            owners = self._owners.get(ref)
+            if owners is None or owner_id not in owners:
+                return True
+            if len(owners) > 1:
+                owners.discard(owner_id)
+                return True
+            return False
+
     def add(self, ref: RefLike, owner_id: str) -> bool:
         """Watch `ref` on behalf of `owner_id`. True when vCenter was changed (the first owner)."""
         ref = MoRef.parse(ref)
