@@ -595,6 +595,18 @@ def prepare_kube(kubeconfig: Path, ns: str, listed: list[tuple[str, str]], unver
     return time.perf_counter() - t0
 
 
+def remove_kube(kubeconfig: Path, ns: str) -> None:
+    """Delete the VirtualMachines `prepare_kube` made (the test servers have no namespace controller)."""
+    from kubernetes import client
+
+    from vmwatch.kube.crds import api_client
+
+    with client.ApiClient(api_client(kubeconfig).configuration) as api:
+        client.CustomObjectsApi(api).delete_collection_namespaced_custom_object(
+            'vmoperator.vmware.com', 'v1alpha6', ns, 'virtualmachines'
+        )
+
+
 def name_unverified(vc: Any, ns: str, listed: list[tuple[str, str]], unverified_every: int) -> None:
     """Put vmservice.namespacedName into the extraConfig of every `unverified_every`-th VM (raw SOAP, 4 sessions)."""
     from vmwatch.vsphere import Session
@@ -763,6 +775,7 @@ def bench_startup_kube(
             vc = start_vcsim(vms, tmp / 'vcsim')
             vcsim_start_s = time.perf_counter() - t0
             kube = None
+            ns: str | None = None
             try:
                 folder, listed = inventory(vc)
                 t1 = time.perf_counter()
@@ -805,6 +818,8 @@ def bench_startup_kube(
             finally:
                 if kube is not None:
                     kube.stop()
+                elif kubeconfig is not None and ns is not None:
+                    remove_kube(kubeconfig, ns)  # a shared API server: leave no uniqueID claiming a MoRef
                 vc.stop()
     return {'rows': rows, 'unverified_every': unverified_every, 'runs': runs}
 

@@ -114,3 +114,11 @@ def test_steady_and_kube_startup_smoke(tmp_path: Path, kube_server: Any) -> None
         assert sample['unverified_requested_exactly_once'] == sample['unverified'] == 2, impl
         assert sample['peak_rss_bytes'] > 0
     assert set(result['summary']) >= {'steady_vmwatch_max_sustained_rate', 'startup_kube_vmwatch_8'}
+    # the session's API server is shared: no VirtualMachine may be left claiming one of vcsim's MoRefs
+    from kubernetes import client
+    from kubernetes import config as kconfig
+
+    with kconfig.new_client_from_config(config_file=str(kube_server.kubeconfig)) as api:
+        left = client.CustomObjectsApi(api).list_cluster_custom_object('vmoperator.vmware.com', 'v1alpha6',
+                                                                       'virtualmachines')['items']  # fmt: skip
+    assert not [vm for vm in left if vm['metadata']['namespace'].startswith('bench-')], 'left behind'
