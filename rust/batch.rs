@@ -346,7 +346,7 @@ impl Decider {
         let name: Option<(String, String)> = match &name_in_update {
             Some(n) => {
                 let s = n.as_ref().map(|(a, b)| format!("{a}/{b}"));
-                name_gained = s.is_some() && !up.new && self.cache.name(slot).is_none();
+                name_gained = s.is_some() && !up.new && !self.cache.has_name(slot);
                 self.cache.set_name(slot, s.as_deref());
                 n.clone()
             }

@@ -527,6 +527,12 @@ impl FpCache {
         }
     }
 
+    /// Whether the VM has a remembered name (no copy: the decision asks this per extraConfig change).
+    pub fn has_name(&self, slot: u32) -> bool {
+        self.nodes[slot as usize].name_len != 0
+    }
+
+    /// The VM's remembered `"namespace/name"`.
     pub fn name(&self, slot: u32) -> Option<String> {
         self.nodes[slot as usize].name().and_then(|b| String::from_utf8(b).ok())
     }
