@@ -16,6 +16,13 @@
 //!    Name still unknown → `Pending` (step G is the caller's), unless the VM is in the negative
 //!    cache (known not to be managed) → skipped `unmanaged`. Otherwise a `Signal`.
 //!
+//! Delivery (durable.rs): each signal carries the digest of the VM's state; once its request is
+//! delivered, `delivered` records that digest. A first sighting with a record (a checkpoint loaded
+//! after a restart or failover, or a VM evicted from the cache) is compared with it instead of
+//! step F: equal → skipped `delivered`; different → a change, signalled even for a verified VM. A
+//! re-enter with unchanged fingerprints whose request was never delivered (the watcher ended between
+//! decision and queue) signals again, reason `undelivered`.
+//!
 //! `leave` evicts the VM (fingerprints, remembered name, negative flag). With `signal_on_leave`
 //! a VM that is in the index (and not deleting) gets a `Signal` with reason `left`; every other
 //! leave is counted as skipped `left`.
@@ -23,6 +30,7 @@
 use crate::cache::{CacheStats, FpCache, Props, MAX_PATHS};
 use crate::decode::{decode, DecodeOptions, Decoded, Missing, ObjectUpdate, SoapFault, UpdateSet};
 use crate::decode::{KIND_ENTER, KIND_LEAVE};
+use crate::durable::{self, Durable, UNDELIVERED};
 use crate::errors::{Result, VmwatchError};
 use crate::filter::{parse_namespaced_name, Filter, EXTRA_CONFIG_KEYED_PREFIX, EXTRA_CONFIG_PATH};
 use crate::index::{Index, IndexInner};
@@ -34,6 +42,7 @@ pub enum Reason {
     Changed,
     Entered,
     Left,
+    Undelivered,
 }
 
 impl Reason {
@@ -42,6 +51,7 @@ impl Reason {
             Reason::Changed => "changed",
             Reason::Entered => "entered",
             Reason::Left => "left",
+            Reason::Undelivered => "undelivered",
         }
     }
 }
@@ -57,6 +67,8 @@ pub struct Signal {
     pub priority: i32,
     pub changed: Vec<String>,
     pub reason: Reason,
+    /// The digest of the state this signal is for: pass it to `Decider::delivered` once delivered.
+    pub digest: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,16 +85,18 @@ pub struct Skipped {
     pub verified_enter: u32,
     pub unmanaged: u32,
     pub left: u32,
+    pub delivered: u32,
 }
 
 impl Skipped {
-    pub fn items(&self) -> [(&'static str, u32); 5] {
+    pub fn items(&self) -> [(&'static str, u32); 6] {
         [
             ("unchanged", self.unchanged),
             ("deleting", self.deleting),
             ("verified_enter", self.verified_enter),
             ("unmanaged", self.unmanaged),
             ("left", self.left),
+            ("delivered", self.delivered),
         ]
     }
 }
@@ -109,6 +123,8 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 struct PathTable {
     names: Vec<Box<str>>,
+    /// `durable::path_key` of each name: digests do not depend on the order paths were interned in.
+    keys: Vec<u64>,
     ids: HashMap<Box<str>, u32>,
     extra_config_mask: u64,
 }
@@ -123,6 +139,7 @@ impl PathTable {
         }
         let id = self.names.len() as u32;
         self.names.push(path.into());
+        self.keys.push(durable::path_key(path));
         self.ids.insert(path.into(), id);
         if path == EXTRA_CONFIG_PATH || path.starts_with(EXTRA_CONFIG_KEYED_PREFIX) {
             self.extra_config_mask |= 1u64 << id;
@@ -197,6 +214,7 @@ pub struct Decider {
     filter: Filter,
     paths: PathTable,
     cache: FpCache,
+    durable: Durable,
     signal_on_leave: bool,
     epoch: Instant,
     props: Props,
@@ -223,6 +241,8 @@ impl Decider {
             filter: cfg.filter,
             paths,
             cache: FpCache::new(cfg.cache_max_entries, ttl_ds),
+            // records outlive cache entries (eviction, expiry) but not the VMs: bounded all the same
+            durable: Durable::new(cfg.cache_max_entries.saturating_mul(4).max(100_000)),
             signal_on_leave: cfg.signal_on_leave,
             epoch: Instant::now(),
             props: Props::default(),
@@ -290,9 +310,11 @@ impl Decider {
             }
         }
         let kind = kind.unwrap_or(KIND_LEAVE);
+        let key = durable::moref_key(moref);
         if evict {
             let remembered = self.cache.peek(moref, now).and_then(|s| self.cache.name(s));
             self.cache.remove(moref);
+            self.durable.remove(key);
             if kind == KIND_LEAVE {
                 if self.signal_on_leave {
                     let l = lookup(ix, moref, remembered.as_deref().and_then(split_name));
@@ -308,6 +330,7 @@ impl Decider {
                             priority: l.priority,
                             changed: Vec::new(),
                             reason: Reason::Left,
+                            digest: UNDELIVERED,
                         });
                         return;
                     }
@@ -352,9 +375,35 @@ impl Decider {
             }
             None => self.cache.name(slot).as_deref().and_then(split_name),
         };
-        if !up.new && up.changed == 0 && overflow.is_empty() && !name_gained {
+        // Delivery: a first sighting is compared with what was delivered (if known), and a re-enter
+        // with nothing new is signalled again if its request never got out.
+        self.durable.sighted(key);
+        let unchanged = up.changed == 0 && overflow.is_empty() && !name_gained;
+        let mut digest = UNDELIVERED;
+        let mut away = false; // changed while no watcher of ours saw it: signal even if verified
+        let mut undelivered = false;
+        if up.new || (kind == KIND_ENTER && unchanged) {
+            digest = self.digest(slot);
+            match self.durable.get(key) {
+                Some(d) if d == digest && overflow.is_empty() => {
+                    if up.new {
+                        out.skipped.delivered += 1;
+                    } else {
+                        out.skipped.unchanged += 1;
+                    }
+                    return;
+                }
+                Some(_) if up.new => away = true,
+                Some(_) => undelivered = true,
+                None => {}
+            }
+        }
+        if !up.new && unchanged && !undelivered {
             out.skipped.unchanged += 1;
             return;
+        }
+        if digest == UNDELIVERED {
+            digest = self.digest(slot);
         }
         let mut changed = Vec::new();
         self.paths.names_of(up.changed, &mut changed);
@@ -374,11 +423,13 @@ impl Decider {
         // Step E.
         if l.deleting {
             self.cache.remove(moref);
+            self.durable.remove(key);
             out.skipped.deleting += 1;
             return;
         }
-        // Step F: only a first sighting; the controller's own start covers it.
-        if kind == KIND_ENTER && l.verified && up.new {
+        // Step F: only a first sighting nothing is known about; the controller's own start covers it.
+        if kind == KIND_ENTER && l.verified && up.new && !away {
+            self.durable.deliver(key, digest);
             out.skipped.verified_enter += 1;
             return;
         }
@@ -386,8 +437,10 @@ impl Decider {
             None => {
                 debug_assert!(!had_name);
                 if self.cache.is_negative(slot) {
+                    self.durable.remove(key);
                     out.skipped.unmanaged += 1;
                 } else {
+                    self.durable.pending(key);
                     out.pending.push(Pending {
                         moref: moref.to_owned(),
                         kind,
@@ -395,22 +448,34 @@ impl Decider {
                     });
                 }
             }
-            Some((namespace, name)) => out.signals.push(Signal {
-                moref: moref.to_owned(),
-                kind,
-                namespace,
-                name,
-                verified: l.verified,
-                deleting: false,
-                priority: l.priority,
-                changed,
-                reason: if kind == KIND_ENTER {
-                    Reason::Entered
-                } else {
-                    Reason::Changed
-                },
-            }),
+            Some((namespace, name)) => {
+                self.durable.pending(key);
+                out.signals.push(Signal {
+                    moref: moref.to_owned(),
+                    kind,
+                    namespace,
+                    name,
+                    verified: l.verified,
+                    deleting: false,
+                    priority: l.priority,
+                    changed,
+                    reason: if undelivered {
+                        Reason::Undelivered
+                    } else if kind == KIND_ENTER && !away {
+                        Reason::Entered
+                    } else {
+                        Reason::Changed
+                    },
+                    digest,
+                })
+            }
         }
+    }
+
+    /// The digest of the VM's cached state (durable.rs).
+    fn digest(&self, slot: u32) -> u64 {
+        let keys = &self.paths.keys;
+        durable::digest(self.cache.fingerprints(slot).map(|(bit, fp)| (keys[bit as usize], fp)))
     }
 
     /// Finish a `Pending` after the name fetch (step G): steps D–F and H. An empty namespace or
@@ -429,9 +494,11 @@ impl Decider {
             Some(s) => s,
             None => self.cache.update(moref, &Props::default(), now).slot,
         };
+        let key = durable::moref_key(moref);
         let valid = !namespace.is_empty() && !name.is_empty() && !namespace.contains('/') && !name.contains('/');
         if !valid {
             self.cache.set_negative(slot, true);
+            self.durable.remove(key);
             return None;
         }
         self.cache.set_negative(slot, false);
@@ -441,11 +508,16 @@ impl Decider {
         self.cache.set_name(slot, Some(&format!("{ns}/{n}")));
         if l.deleting {
             self.cache.remove(moref);
+            self.durable.remove(key);
             return None;
         }
-        if kind == KIND_ENTER && l.verified {
+        let digest = self.digest(slot);
+        // step F, unless a record says what was delivered differs (or never got out)
+        if kind == KIND_ENTER && l.verified && self.durable.get(key).map_or(true, |d| d == digest) {
+            self.durable.deliver(key, digest);
             return None;
         }
+        self.durable.pending(key);
         Some(Signal {
             moref: moref.to_owned(),
             kind,
@@ -460,11 +532,42 @@ impl Decider {
                 KIND_LEAVE => Reason::Left,
                 _ => Reason::Changed,
             },
+            digest,
         })
     }
 
+    /// Forget what was seen of a VM (a failure between decision and queue): its next sighting
+    /// counts as a change, and a checkpoint says its request is still owed.
     pub fn forget(&mut self, moref: &str) {
         self.cache.remove(moref);
+        self.durable.undeliver(durable::moref_key(moref));
+    }
+
+    /// The request for the state `digest` (from its `Signal`) was delivered.
+    pub fn delivered(&mut self, moref: &str, digest: u64) {
+        if digest != UNDELIVERED {
+            self.durable.deliver(durable::moref_key(moref), digest);
+        }
+    }
+
+    /// Merge a checkpoint's records (see durable.rs); returns how many.
+    pub fn load_checkpoint(&mut self, blob: &[u8]) -> Result<usize> {
+        self.durable.load(blob)
+    }
+
+    /// The checkpoint: every delivery record, sorted, 16 bytes each.
+    pub fn checkpoint(&self) -> Vec<u8> {
+        self.durable.encode()
+    }
+
+    /// The first complete initial sync after a load is over: drop records of VMs it did not see.
+    pub fn end_initial_sync(&mut self) -> usize {
+        self.durable.end_initial_sync()
+    }
+
+    /// Delivery records held, and their heap bytes.
+    pub fn records(&self) -> (usize, usize) {
+        (self.durable.len(), self.durable.bytes())
     }
 
     pub fn purge(&mut self) {

@@ -573,6 +573,17 @@ impl FpCache {
         }
     }
 
+    /// The entry's non-null fingerprints as `(bit, fingerprint)`, in ascending bit order.
+    pub fn fingerprints(&self, slot: u32) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let node = &self.nodes[slot as usize];
+        let mut m = node.mask & !node.nulls;
+        node.data[..node.fp_words()].iter().map(move |&fp| {
+            let bit = m.trailing_zeros();
+            m &= m - 1;
+            (bit, fp)
+        })
+    }
+
     /// Fingerprint stored for `bit` (tests and the reference comparison).
     pub fn fingerprint(&self, slot: u32, bit: u32) -> Option<u64> {
         self.nodes[slot as usize].fp(bit)

@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod cache;
 pub mod decode;
+pub mod durable;
 pub mod errors;
 pub mod filter;
 pub mod index;

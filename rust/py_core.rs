@@ -10,7 +10,7 @@ use crate::py_errors::guard;
 use crate::py_types::{PyBatch, PyFault, PySignal};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::sync::Arc;
 
 fn strings(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
@@ -175,12 +175,32 @@ impl PyDecider {
         py.detach(|| self.core.lock().forget(moref));
     }
 
+    fn delivered(&self, py: Python<'_>, moref: &str, digest: u64) {
+        py.detach(|| self.core.lock().delivered(moref, digest));
+    }
+
+    fn load_checkpoint(&self, py: Python<'_>, blob: &[u8]) -> PyResult<usize> {
+        Ok(py.detach(|| self.core.lock().load_checkpoint(blob))?)
+    }
+
+    fn checkpoint<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let blob = py.detach(|| self.core.lock().checkpoint());
+        PyBytes::new(py, &blob)
+    }
+
+    fn end_initial_sync(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.core.lock().end_initial_sync())
+    }
+
     fn purge(&self, py: Python<'_>) {
         py.detach(|| self.core.lock().purge());
     }
 
     fn cache_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.core.lock().cache_stats();
+        let (s, (records, records_bytes)) = {
+            let core = self.core.lock();
+            (core.cache_stats(), core.records())
+        };
         let d = PyDict::new(py);
         for (k, v) in [
             ("added", s.added),
@@ -191,6 +211,8 @@ impl PyDecider {
             ("items", s.items),
             ("bytes", s.bytes),
             ("negative", s.negative),
+            ("records", records as u64),
+            ("records_bytes", records_bytes as u64),
         ] {
             d.set_item(k, v)?;
         }

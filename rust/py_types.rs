@@ -60,6 +60,7 @@ pub struct PySignal {
     priority: i32,
     changed: Paths,
     reason: &'static str,
+    digest: u64,
 }
 
 impl From<Signal> for PySignal {
@@ -74,6 +75,7 @@ impl From<Signal> for PySignal {
             priority: s.priority,
             changed: Paths(s.changed),
             reason: s.reason.as_str(),
+            digest: s.digest,
         }
     }
 }
@@ -82,7 +84,7 @@ impl From<Signal> for PySignal {
 impl PySignal {
     fn __repr__(&self) -> String {
         format!(
-            "Signal(moref={}, kind={}, namespace={}, name={}, verified={}, deleting={}, priority={}, changed={}, reason={})",
+            "Signal(moref={}, kind={}, namespace={}, name={}, verified={}, deleting={}, priority={}, changed={}, reason={}, digest={})",
             py_str(&self.moref),
             self.kind,
             py_str(&self.namespace),
@@ -91,7 +93,8 @@ impl PySignal {
             py_bool(self.deleting),
             self.priority,
             py_strs(&self.changed.0),
-            py_str(self.reason)
+            py_str(self.reason),
+            self.digest
         )
     }
 }
@@ -158,7 +161,7 @@ pub struct PyBatch {
     changes: usize,
     signals: Vec<Py<PySignal>>,
     pending: Vec<Py<PyPending>>,
-    skipped: [(&'static str, u32); 5],
+    skipped: [(&'static str, u32); 6],
     missing: Vec<(String, String, String)>,
 }
 

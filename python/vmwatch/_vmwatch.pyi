@@ -75,7 +75,9 @@ class Signal:
     deleting: bool  # always False for signals (deleting VMs are skipped), kept for symmetry
     priority: int  # the priority stored in the index for namespace/name (0 when not indexed)
     changed: tuple[str, ...]  # sorted property paths whose fingerprint changed (or were first seen)
-    reason: Literal['changed', 'entered', 'left']
+    # 'undelivered': the VM re-entered unchanged but the request for its last change never got out
+    reason: Literal['changed', 'entered', 'left', 'undelivered']
+    digest: int  # the digest of the state this signal is for: Decider.delivered(moref, digest) once delivered
 
 @final
 class Pending:
@@ -95,7 +97,9 @@ class Batch:
     changes: int  # property changes in the body
     signals: list[Signal]
     pending: list[Pending]
-    skipped: dict[str, int]  # reason -> count: 'unchanged', 'deleting', 'verified_enter', 'unmanaged', 'left'
+    # reason -> count: 'unchanged', 'deleting', 'verified_enter', 'unmanaged', 'left', and 'delivered' (a first
+    # sighting whose state is the one last delivered, per a checkpoint or a record that outlived the cache entry)
+    skipped: dict[str, int]
     missing: list[tuple[str, str, str]]  # missingSet entries: (moref, path, fault type)
 
 @final
@@ -145,10 +149,21 @@ class Decider:
         Empty namespace/name records the VM in the negative cache (cleared when its extraConfig changes).
         """
     def forget(self, moref: str) -> None:
-        """Evict the VM's fingerprints and negative-cache entry."""
+        """Evict the VM's fingerprints and negative-cache entry; its request counts as not delivered."""
+    def delivered(self, moref: str, digest: int) -> None:
+        """The request for `Signal.digest` of `moref` was delivered (or needed no delivery)."""
+    def load_checkpoint(self, blob: bytes) -> int:
+        """Merge delivery records (16 bytes each, as `checkpoint()` writes them); returns how many.
+
+        Raises ValueError (loading nothing) if the length is not a multiple of 16.
+        """
+    def checkpoint(self) -> bytes:
+        """Every delivery record: (xxh3-64 of the MoRef, digest), sorted, little-endian, 16 bytes each."""
+    def end_initial_sync(self) -> int:
+        """A complete initial sync is over: drop loaded records of VMs it did not see; returns how many."""
     def purge(self) -> None: ...
     def cache_stats(self) -> dict[str, int]:
-        """added, evicted, expired, hits, misses, items, bytes, negative."""
+        """added, evicted, expired, hits, misses, items, bytes, negative, records, records_bytes."""
 
 def decode(
     body: bytes, *, ignored_keys: Iterable[str] | None = None, name_key: str = 'vmservice.namespacedName'

@@ -205,6 +205,11 @@ class WorkQueue:
         self._shutting_down = False
         self._draining = False
         self._drained: asyncio.Event | None = None
+        self.on_idle: Callable[[Key], None] | None = None
+        """Called (on the loop) by `done(key)` when that processing succeeded (`forget(key)` was called during
+        it) and the key was not added again meanwhile: every add of it so far was processed. The Service
+        records deliveries with it."""
+        self._succeeded: set[Key] = set()
 
     # -- gauges ---------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -215,6 +220,10 @@ class WorkQueue:
     def depth(self) -> int:
         """Keys held: ready, delayed or parked while processing. Bounded by max_depth."""
         return len(self._entries)
+
+    def holds(self, key: Key) -> bool:
+        """Whether `key` is queued (ready or delayed) or being processed."""
+        return key in self._entries or key in self._processing
 
     @property
     def in_flight(self) -> int:
@@ -249,6 +258,8 @@ class WorkQueue:
     def forget(self, key: Key) -> None:
         """Processing `key` succeeded: reset its backoff."""
         self.rate_limiter.forget(key)
+        if key in self._processing:
+            self._succeeded.add(key)
 
     def num_requeues(self, key: Key) -> int:
         return self.rate_limiter.num_requeues(key)
@@ -295,6 +306,8 @@ class WorkQueue:
         started = self._processing.pop(key, None)
         if started is None:
             return
+        succeeded = key in self._succeeded
+        self._succeeded.discard(key)
         loop = self._bind()
         work_s = loop.time() - started[0]
         m = self.metrics
@@ -306,6 +319,8 @@ class WorkQueue:
         entry = self._entries.get(key)
         if entry is not None:
             self._place(loop, key, entry)
+        elif succeeded and self.on_idle is not None:
+            self.on_idle(key)
         self._check_drained()
 
     def __aiter__(self) -> AsyncIterator[Key]:

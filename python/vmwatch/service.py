@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmwatch._vmwatch import Index, Signal
+from vmwatch.delivery import DeliveryLedger
+from vmwatch.kube.checkpoint import Checkpointer, CheckpointError, CheckpointStore
 from vmwatch.kube.index import VirtualMachineIndex, fetch_vm_entry
 from vmwatch.kube.priority import PRIORITY_GENERIC
 from vmwatch.kube.zones import (
@@ -114,6 +116,13 @@ class Service:
         self.index = VirtualMachineIndex(api, index=Index())
         # process-global: the fingerprint cache survives watcher restarts (spec 1.1)
         self.decider = make_decider(settings.filter_settings(), self.index.index)
+        self.ledger = DeliveryLedger(self.decider, self.queue)
+        self.checkpointer: Checkpointer | None = None
+        if settings.checkpoint_interval_s > 0:
+            store = CheckpointStore(api, namespace=settings.resolved_lease_namespace(), lease_name=settings.lease_name)
+            self.checkpointer = Checkpointer(
+                store, self.decider, interval_s=settings.checkpoint_interval_s, registry=self.metrics.registry
+            )
         self.slot = WatcherSlot(disabled=self.disabled)
         self.zones = ZoneController(api, self.slot, disabled_errors=(AsyncSignalDisabledError,))
         self.metrics.watch_queue('zone', self.zones.queue)
@@ -129,6 +138,7 @@ class Service:
         self._validating = 0
         self._stop = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self._metrics_watcher: Watcher | None = None
         self._metrics_seen: dict[str, int] = {}
 
@@ -154,20 +164,43 @@ class Service:
             self.status = 'disabled'
             return
         if self._watch_task is None or self._watch_task.done():
+            if self.checkpointer is not None:
+                self.checkpointer.reset()  # another holder may have written since: load again before the first wait
+                self._checkpoint_task = asyncio.create_task(self.checkpointer.run(), name='vmwatch-checkpoint')
             self._watch_task = asyncio.create_task(self._watch_forever(), name='vmwatch-service')
 
     async def stop_watching(self) -> None:
-        """Stop the watcher at once (lost the Lease, or shutting down)."""
-        task, self._watch_task = self._watch_task, None
-        if task is not None:
+        """Stop the watcher and the checkpoint writer at once (lost the Lease, or shutting down). Writes nothing:
+        after a lost Lease another replica may be writing; a clean shutdown calls `save_checkpoint` itself."""
+        tasks = [t for t in (self._watch_task, self._checkpoint_task) if t is not None]
+        self._watch_task = self._checkpoint_task = None
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.watching = False
         self.status = 'standby'
 
+    async def save_checkpoint(self) -> None:
+        """Write the checkpoint now (a clean shutdown, while this replica still holds the Lease). Nothing is written
+        unless this term's checkpoint was loaded; failures are logged (the next holder gets duplicates, not losses)."""
+        if self.checkpointer is None:
+            return
+        try:
+            await self.checkpointer.save()
+        except CheckpointError as e:
+            log.warning('last checkpoint not written: %s', e)
+
+    @property
+    def active(self) -> bool:
+        """start_watching() was called and stop_watching() not since (this replica leads, or needs no Lease)."""
+        return self._watch_task is not None
+
     async def stop(self) -> None:
         self._stop.set()
+        leading = self.active
         await self.stop_watching()
+        if leading:
+            await self.save_checkpoint()
         await self.zones.stop()
         await asyncio.to_thread(self.index.stop)
 
@@ -233,6 +266,8 @@ class Service:
         self.logins += 1
         await asyncio.to_thread(session.login)
         try:
+            if self.checkpointer is not None:
+                await self.checkpointer.load()  # before the first wait: first sightings are compared with it
             await self._zones_synced()
             folders = await self._gather_folders(session)
             async with Watcher(
@@ -242,6 +277,7 @@ class Service:
                 settings=self.settings.watch_settings(),
                 filter_settings=self.settings.filter_settings(),
                 slot=self.slot,
+                deliver_on_take=False,  # delivered once the request has left the queue (self.ledger)
             ) as watcher:
                 self.watching = True
                 self.status = 'watching'
@@ -328,13 +364,19 @@ class Service:
         if entry is None:
             log.debug('unable to validate vm %s/%s (%s): dropped', signal.namespace, signal.name, signal.moref)
             self.metrics.skipped.labels(reason='unvalidated').inc()
+            self.ledger.settled(signal)  # no VirtualMachine here: no request is owed
             return
         _unique_id, deleting, priority = entry
         if deleting:
             self.metrics.skipped.labels(reason='deleting').inc()
+            self.ledger.settled(signal)
             return
         key: Key = (signal.namespace, signal.name)
-        self.queue.add(key, priority=priority)
+        added = self.queue.add(key, priority=priority)
+        if added:
+            self.ledger.enqueued(key, signal)
+        else:
+            self.ledger.dropped(signal)
 
     def refresh_metrics(self) -> None:
         """Copy the watcher's, cache's, index's and queue's counts into the metrics (called before a scrape)."""
@@ -411,16 +453,6 @@ def run(args: Any) -> int:
     return 0
 
 
-def _lease_namespace(settings: ServiceSettings) -> str:
-    if settings.lease_namespace:
-        return settings.lease_namespace
-    try:  # the pod's namespace, as mounted with its service account
-        with open('/var/run/secrets/kubernetes.io/serviceaccount/namespace', encoding='utf-8') as f:
-            return f.read().strip() or 'default'
-    except OSError:
-        return 'default'
-
-
 async def _serve(settings: ServiceSettings, api: Any, disabled: bool) -> None:
     import signal as signals
 
@@ -434,7 +466,7 @@ async def _serve(settings: ServiceSettings, api: Any, disabled: bool) -> None:
     if settings.leader_elect and not disabled:
         elector = LeaderElector(
             api,
-            namespace=_lease_namespace(settings),
+            namespace=settings.resolved_lease_namespace(),
             name=settings.lease_name,
             settings=LeaseSettings(
                 lease_duration_s=settings.lease_duration_s,
@@ -481,10 +513,16 @@ async def _serve(settings: ServiceSettings, api: Any, disabled: bool) -> None:
         await stop.wait()
         log.info('stopping')
     finally:
+        # no new signals; the queue drains into the sink; the last checkpoint is written while the Lease is
+        # still ours (so it records those deliveries); then the Lease is released for the next holder
+        leading = service.active
+        await service.stop_watching()
+        await service.queue.shutdown(drain=True)
+        await asyncio.gather(sink_task, return_exceptions=True)
+        if leading:
+            await service.save_checkpoint()
         if elector is not None and election is not None:
             elector.stop()
             await asyncio.gather(election, return_exceptions=True)
         await service.stop()
-        await service.queue.shutdown(drain=True)
-        await asyncio.gather(sink_task, return_exceptions=True)
         health.close()

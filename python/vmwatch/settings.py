@@ -233,6 +233,12 @@ class ServiceSettings:
     restart_reset_s: float = _opt(120.0, 'a watcher healthy this long resets the restart delay', unit='s')
     log_format: str = _opt('text', 'log line format', choices=('text', 'json'))
     log_level: str = _opt('INFO', 'log level', choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'))
+    checkpoint_interval_s: float = _opt(
+        30.0,
+        'how often the Lease holder writes the delivery checkpoint (ConfigMaps next to the Lease) so that a restart '
+        'or failover loses no change; 0 turns checkpoints off',
+        unit='s',
+    )
 
     def validate(self) -> ServiceSettings:
         """Raise SettingsError with one clear message when a value cannot work."""
@@ -251,6 +257,8 @@ class ServiceSettings:
             raise SettingsError('--renew-deadline-s must be shorter than --lease-duration-s')
         if self.retry_period_s >= self.renew_deadline_s:
             raise SettingsError('--retry-period-s must be shorter than --renew-deadline-s')
+        if not 0 <= self.checkpoint_interval_s < float('inf'):
+            raise SettingsError(f'--checkpoint-interval-s must be 0 (off) or > 0, not {self.checkpoint_interval_s}')
         if ':' not in self.health_addr:
             raise SettingsError(f'--health-addr {self.health_addr!r} is not host:port')
         return self
@@ -262,6 +270,16 @@ class ServiceSettings:
             cache_ttl_s=self.cache_ttl_s,
             signal_on_leave=self.signal_on_leave,
         )
+
+    def resolved_lease_namespace(self) -> str:
+        """The Lease's (and the checkpoint's) namespace: the setting, else the pod's namespace, else 'default'."""
+        if self.lease_namespace:
+            return self.lease_namespace
+        try:  # the pod's namespace, as mounted with its service account
+            with open('/var/run/secrets/kubernetes.io/serviceaccount/namespace', encoding='utf-8') as f:
+                return f.read().strip() or 'default'
+        except OSError:
+            return 'default'
 
     def watch_settings(self) -> WatchSettings:
         return WatchSettings(max_wait_s=self.max_wait_s, max_object_updates=self.max_object_updates)

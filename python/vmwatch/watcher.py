@@ -95,6 +95,10 @@ class Watcher:
     restarts (spec 1.1: the cache is process-global); without one, a fresh Decider over `index` (or an
     empty Index) is built from `filter_settings`. With a `slot`, the watcher puts itself there when it
     starts and takes itself out (compare-and-swap) when it stops.
+
+    A signal counts as delivered (`Decider.delivered`) when it is taken from the watcher, unless
+    `deliver_on_take=False`: then the consumer reports delivery itself (the Service does, once the request
+    has left its work queue). Until then a VM that re-enters unchanged (a new watcher) is signalled again.
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class Watcher:
         keepalive_s: float = 60.0,
         pause_wait_on_modify: bool = True,
         cancel_grace_s: float = 5.0,
+        deliver_on_take: bool = True,
     ) -> None:
         if (endpoint is None) == (session is None):
             raise ValueError('pass exactly one of endpoint= or session=')
@@ -128,6 +133,8 @@ class Watcher:
         self._keepalive_s = keepalive_s
         self._pause_on_modify = pause_wait_on_modify
         self._cancel_grace_s = cancel_grace_s
+        self._deliver_on_take = deliver_on_take
+        self._synced = False  # a complete initial sync was processed
 
         self._views: Views | None = None
         self._collector: Collector | None = None
@@ -329,6 +336,8 @@ class Watcher:
         key = next(iter(self._signals))
         signal = self._signals.pop(key)
         self._space.set()
+        if self._deliver_on_take:
+            self.decider.delivered(signal.moref, signal.digest)
         return signal
 
     def drain(self) -> list[Signal]:
@@ -336,6 +345,9 @@ class Watcher:
         out = list(self._signals.values())
         self._signals.clear()
         self._space.set()
+        if self._deliver_on_take:
+            for signal in out:
+                self.decider.delivered(signal.moref, signal.digest)
         return out
 
     @property
@@ -515,6 +527,10 @@ class Watcher:
             if outcome.version is not None:
                 version = outcome.version
             await self._process(outcome)
+            if not self._synced and outcome.version is not None and not outcome.truncated:
+                # every watched VM has been sighted: records loaded for VMs that no longer exist can go
+                self._synced = True
+                await self._in_poll_thread(self.decider.end_initial_sync)
             self.version = version
             self.stats['batches'] += 1
             if flushing and not outcome.truncated:

@@ -142,7 +142,7 @@ class Reference:
             'version': None,
             'signals': [],
             'pending': [],
-            'skipped': dict.fromkeys(('unchanged', 'deleting', 'verified_enter', 'unmanaged', 'left'), 0),
+            'skipped': dict.fromkeys(('unchanged', 'deleting', 'verified_enter', 'unmanaged', 'left', 'delivered'), 0),
         }
         if us is None:
             return out

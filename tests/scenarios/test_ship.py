@@ -187,6 +187,9 @@ def test_service_account_is_allowed_what_the_role_grants_and_refused_the_rest(rb
             ),
             'create lease in vmwatch-system': lambda: leases.create_namespaced_lease(NAMESPACE, lease),
             'list leases in vmwatch-system': lambda: leases.list_namespaced_lease(NAMESPACE),
+            'create checkpoint configmap in vmwatch-system': lambda: core.create_namespaced_config_map(
+                NAMESPACE, {'metadata': {'name': 'vmwatch-checkpoint-probe'}}),
+            'list configmaps in vmwatch-system': lambda: core.list_namespaced_config_map(NAMESPACE),
             'create event': lambda: core.create_namespaced_event(namespace, {
                 'metadata': {'generateName': 'vmwatch-'}, 'involvedObject': {'kind': 'Zone', 'namespace': namespace},
                 'reason': 'Test', 'message': 'rbac probe', 'type': 'Normal'}),
@@ -205,6 +208,7 @@ def test_service_account_is_allowed_what_the_role_grants_and_refused_the_rest(rb
                 'metadata': {'name': 'z', 'namespace': namespace}, 'spec': {}}),
             'delete zones': lambda: objects.delete_collection_namespaced_custom_object(*ZONES[:2], namespace, ZONES[2]),
             'list leases in another namespace': lambda: leases.list_namespaced_lease(namespace),
+            'list configmaps in another namespace': lambda: core.list_namespaced_config_map(namespace),
             'list namespaces': lambda: core.list_namespace(),
             'list pods': lambda: core.list_pod_for_all_namespaces(),
         }  # fmt: skip
