@@ -21,6 +21,9 @@ DOC = Path(__file__).parents[2] / 'docs' / 'reliability.md'
 
 # row id -> the fault, in the order; every one must be recorded for the file to be rendered
 ROWS = {
+    'A1': 'restart and failover gap: the leader killed (SIGKILL) while changes flow',
+    'A1r': 'restart of a single replica, VMs changed while it was down',
+    'A2': 'change decided but not delivered: the watcher ends between decision and queue',
     'a': 'vcsim killed (SIGKILL) mid-wait and restarted on the same port',
     'b': 'our session terminated by another client (SessionManager.TerminateSession)',
     'c': 'session idle timeout (vcsim `config.vmacore.soap.sessionTimeout`)',

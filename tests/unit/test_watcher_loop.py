@@ -60,6 +60,7 @@ class FakeSignal:
     priority: int = 0
     changed: tuple[str, ...] = ('config.extraConfig',)
     reason: str = 'changed'
+    digest: int = 1
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class ScriptedDecider:
         self.outcomes = outcomes or {}
         self.resolved: list[tuple[str, str, str]] = []
         self.forgotten: list[str] = []
+        self.delivered_to: list[str] = []
+        self.initial_syncs = 0
 
     def decide(self, body: bytes) -> Any:
         if body == b'':
@@ -111,6 +114,13 @@ class ScriptedDecider:
 
     def forget(self, moref: str) -> None:
         self.forgotten.append(moref)
+
+    def delivered(self, moref: str, digest: int) -> None:
+        self.delivered_to.append(moref)
+
+    def end_initial_sync(self) -> int:
+        self.initial_syncs += 1
+        return 0
 
 
 class ScriptedCollector:
