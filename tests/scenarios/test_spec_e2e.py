@@ -84,6 +84,20 @@ async def test_the_legacy_finalizer_is_replaced_on_live_zones_and_released_on_de
         assert owners(env) == {folder: frozenset({f'{ns}/live-legacy', f'{ns}/live-both'})}
 
 
+async def test_the_running_zone_controller_replaces_the_legacy_finalizer(
+    kube_api: client.ApiClient, vc: VcsimServer
+) -> None:
+    async with service_env(kube_api, vc) as env:
+        folder = await ns_folder(env)
+        env.create_zone('zone-old', folder.value, finalizers=[LEGACY_FINALIZER])
+        await start_watching(env, zones=1)
+        await until(lambda: has_only_our_finalizer(env.zone('zone-old')), 'the legacy finalizer replaced')
+        await until(lambda: folder in owners(env), 'the zone folder watched')
+        env.delete_zone('zone-old')
+        await until(lambda: env.zone('zone-old') is None, 'the zone released')
+        await until(lambda: folder not in owners(env), 'the folder no longer watched')
+
+
 # -- spec 1.5: lifecycle priorities reach the queue ---------------------------------------------------------
 
 CREATED = {'type': 'VirtualMachineCreated', 'status': 'True'}
