@@ -32,6 +32,7 @@ class ServiceEnv:
     namespace: str
     service: Service
     received: list[Key] = field(default_factory=list)
+    priorities: list[tuple[Key, int | None]] = field(default_factory=list)  # each request as the queue handed it out
 
     @property
     def objects(self) -> client.CustomObjectsApi:
@@ -149,6 +150,7 @@ async def service_env(
     async def consume() -> None:
         async for key in service.queue:
             env.received.append(key)
+            env.priorities.append((key, service.queue.priority_of(key)))
             service.queue.done(key)
 
     await service.start()

@@ -240,16 +240,24 @@ async def test_zone_folder_change_removes_the_old_folder(kube_api: client.ApiCli
 
 
 async def test_deleting_zone_waits_for_a_watcher(kube_api: client.ApiClient, vc: VcsimServer) -> None:
-    """The ErrNoWatcher interlock (spec 5): no watcher -> the finalizer stays until one runs."""
+    """The ErrNoWatcher interlock (spec 5): no watcher -> the finalizer stays; once a watcher runs, the folder
+    is removed from it (the new watcher counted the deleting Zone as an owner) and only then is it released."""
     async with service_env(kube_api, vc) as env:
         folder = await _ns_folder(env, zones=1)
         await until(lambda: has_only_our_finalizer(env.zone('zone-0')), 'finalizer')
+        errors = env.service.zones.stats.errors
         env.delete_zone('zone-0')
-        await until(lambda: env.service.zones.stats.errors >= 1, 'a refused remove')
-        assert env.zone('zone-0') is not None  # still held: no watcher to remove the folder from
+        await until(lambda: env.service.zones.stats.errors >= errors + 2, 'refused removes')
+        held = env.zone('zone-0')  # still held: no watcher to remove the folder from
+        assert held is not None and held['metadata'].get('deletionTimestamp'), held
+        assert held['metadata']['finalizers'] == [FINALIZER]
+        assert env.service.zones.stats.removed == 0
         await _watching(env)
         await until(lambda: env.zone('zone-0') is None, 'the zone released once a watcher runs')
-        assert folder
+        assert env.service.zones.stats.removed == 1
+        watcher = env.service.slot.watcher
+        assert watcher is not None and watcher.error is None
+        assert inv.MoRef('Folder', folder) not in watcher.owners()  # the deleting zone's owner entry is gone
 
 
 @pytest.fixture
