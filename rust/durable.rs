@@ -175,6 +175,9 @@ impl Durable {
             self.records.remove(&key);
         }
         self.unsighted = HashSet::new();
+        if n > 0 {
+            self.records.shrink_to_fit();
+        }
         n
     }
 
