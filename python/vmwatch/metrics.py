@@ -79,6 +79,7 @@ class Metrics:
         self.lease_holder = Gauge(
             'vmwatch_lease_holder', '1 for the identity currently holding the Lease.', ['identity'], registry=r
         )
+        self.checkpoint = CheckpointMetrics(r)
 
         self._queues: dict[str, tuple[WorkQueue, dict[str, int]]] = {}
 
@@ -116,6 +117,19 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CheckpointMetrics:
+    """The Lease holder's delivery checkpoint (kube/checkpoint.py)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.writes = Counter('vmwatch_checkpoint_writes', 'Checkpoint writes by result.', ['result'], registry=r)
+        self.records = Gauge('vmwatch_checkpoint_records', 'VMs in the last checkpoint written or loaded.', registry=r)
+        self.last_write = Gauge(
+            'vmwatch_checkpoint_last_write_timestamp_seconds', 'Unix time of the last checkpoint written.', registry=r
+        )
+        self.load_seconds = Gauge('vmwatch_checkpoint_load_seconds', 'Time the last checkpoint load took.', registry=r)
 
 
 class HealthServer:

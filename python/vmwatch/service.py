@@ -121,7 +121,7 @@ class Service:
         if settings.checkpoint_interval_s > 0:
             store = CheckpointStore(api, namespace=settings.resolved_lease_namespace(), lease_name=settings.lease_name)
             self.checkpointer = Checkpointer(
-                store, self.decider, interval_s=settings.checkpoint_interval_s, registry=self.metrics.registry
+                store, self.decider, interval_s=settings.checkpoint_interval_s, metrics=self.metrics.checkpoint
             )
         self.slot = WatcherSlot(disabled=self.disabled)
         self.zones = ZoneController(api, self.slot, disabled_errors=(AsyncSignalDisabledError,))

@@ -29,9 +29,10 @@ from typing import Any, Final
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from vmwatch._vmwatch import Decider
+from vmwatch.metrics import CheckpointMetrics
 
 __all__ = ['CheckpointError', 'CheckpointStore', 'Checkpointer']
 
@@ -210,19 +211,13 @@ class Checkpointer:
     """
 
     def __init__(
-        self, store: CheckpointStore, decider: Decider, *, interval_s: float, registry: CollectorRegistry | None = None
+        self, store: CheckpointStore, decider: Decider, *, interval_s: float, metrics: CheckpointMetrics | None = None
     ) -> None:
         self.store = store
         self.decider = decider
         self.interval_s = interval_s
         self.loaded = False
-        r = registry or CollectorRegistry()
-        self.writes = Counter('vmwatch_checkpoint_writes', 'Checkpoint writes by result.', ['result'], registry=r)
-        self.records = Gauge('vmwatch_checkpoint_records', 'VMs in the last checkpoint written or loaded.', registry=r)
-        self.last_write = Gauge(
-            'vmwatch_checkpoint_last_write_timestamp_seconds', 'Unix time of the last checkpoint written.', registry=r
-        )
-        self.load_seconds = Gauge('vmwatch_checkpoint_load_seconds', 'Time the last checkpoint load took.', registry=r)
+        self.metrics = metrics or CheckpointMetrics(CollectorRegistry())
 
     def reset(self) -> None:
         self.loaded = False
@@ -235,8 +230,8 @@ class Checkpointer:
         blob = await asyncio.to_thread(self.store.load)
         n = 0 if blob is None else await asyncio.to_thread(self.decider.load_checkpoint, blob)
         self.loaded = True
-        self.load_seconds.set(time.monotonic() - started)
-        self.records.set(n)
+        self.metrics.load_seconds.set(time.monotonic() - started)
+        self.metrics.records.set(n)
         if blob is None:
             log.info('no checkpoint yet in %s: first sightings of verified VMs are skipped', self.store.namespace)
         else:
@@ -251,11 +246,11 @@ class Checkpointer:
         try:
             gen = await asyncio.to_thread(self.store.save, blob)
         except CheckpointError:
-            self.writes.labels(result='error').inc()
+            self.metrics.writes.labels(result='error').inc()
             raise
-        self.writes.labels(result='ok').inc()
-        self.records.set(len(blob) // RECORD_BYTES)
-        self.last_write.set_to_current_time()
+        self.metrics.writes.labels(result='ok').inc()
+        self.metrics.records.set(len(blob) // RECORD_BYTES)
+        self.metrics.last_write.set_to_current_time()
         log.debug('checkpoint generation %d written: %d VMs', gen, len(blob) // RECORD_BYTES)
 
     async def run(self) -> None:
