@@ -233,6 +233,10 @@ class ServiceSettings:
     restart_reset_s: float = _opt(120.0, 'a watcher healthy this long resets the restart delay', unit='s')
     log_format: str = _opt('text', 'log line format', choices=('text', 'json'))
     log_level: str = _opt('INFO', 'log level', choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'))
+    kube_timeout_s: float = _opt(10.0, 'timeout of a Kubernetes request (validation GETs); then enqueued unvalidated',
+                                 unit='s')  # fmt: skip
+    validation_concurrency: int = _opt(8, 'validation GETs in flight at once (signals the VM index misses)',
+                                       unit='requests')  # fmt: skip
 
     def validate(self) -> ServiceSettings:
         """Raise SettingsError with one clear message when a value cannot work."""
