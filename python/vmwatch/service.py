@@ -108,7 +108,7 @@ class Service:
         self.zone_controller = zone_controller
         self.api = api
         self.metrics = metrics or Metrics()
-        self.queue = queue or WorkQueue()
+        self.queue = queue if queue is not None else WorkQueue()  # an empty queue is falsy (it has __len__)
         self.metrics.watch_queue('virtualmachine', self.queue)
         self.disabled = async_signal_disabled() if disabled is None else disabled
         self.index = VirtualMachineIndex(api, index=Index())
