@@ -127,7 +127,7 @@ async def test_a6_full_queue_is_counted_logged_not_ready_and_loses_nothing(
         before = len(env.received)
         await fleet.change('vm-0')
         await env.settle()
-        assert ('ns', 'vm-0') not in env.received[before:]
+        assert (env.namespace, 'vm-0') not in env.received[before:]
         assert counter(service.metrics.dropped, name='virtualmachine') == 1
         assert any('work queue is full' in r.getMessage() and 'vm-0' in r.getMessage() for r in caplog.records)
         assert fleet.lost() == ['vm-0']

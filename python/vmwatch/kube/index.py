@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
 from typing import Any, Final
 
 from vmwatch._vmwatch import Index
@@ -216,18 +217,36 @@ def _problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-# The validation GETs' own threads: a hung API server keeps a GET's thread busy past its timeout (urllib3
-# retries a timed-out read), and those threads must not take the default pool's few workers from everything
-# else (Zone reads, vSphere calls). The service runs at most `validation_concurrency` GETs at once.
-_GET_THREADS = 16
-_get_pool: ThreadPoolExecutor | None = None
+async def _in_daemon_thread(fn: Callable[[], Any]) -> Any:
+    """`fn()` in a daemon thread of its own. Not the default pool: a GET against a hung API server keeps its
+    thread past the caller's timeout (urllib3 retries a timed-out read), and such threads must neither take
+    the default pool's few workers from everything else (Zone reads, vSphere calls) nor hold up the process
+    exit. Bounded: the service runs at most `validation_concurrency` GETs at once, each thread ends after
+    at most (retries + 1) request timeouts."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
 
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # the caller gave up (timeout or cancel)
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
-def _pool() -> ThreadPoolExecutor:
-    global _get_pool
-    if _get_pool is None:
-        _get_pool = ThreadPoolExecutor(max_workers=_GET_THREADS, thread_name_prefix='vmwatch-vm-get')
-    return _get_pool
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = fn()
+        except BaseException as e:
+            error = e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name='vmwatch-vm-get', daemon=True).start()
+    return await future
 
 
 async def fetch_vm_entry(
@@ -242,7 +261,7 @@ async def fetch_vm_entry(
         _request_timeout=timeout_s,
     )  # fmt: skip
     try:
-        obj = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(_pool(), get), timeout_s)
+        obj = await asyncio.wait_for(_in_daemon_thread(get), timeout_s)
     except ApiException as e:
         if e.status == 404:
             return None
