@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -208,4 +209,33 @@ async def test_a_full_queue_is_not_ready_counted_and_forgets_the_vm(caplog: pyte
     assert await s.queue.get() == ('ns', 'a')
     s.queue.done(('ns', 'a'))
     assert not s.ready()[1].startswith('the work queue is full')  # room again
+    await s.stop()
+
+
+class SlowObjects:
+    """A CustomObjectsApi whose GET blocks until released (a hung API server), answering a live VM."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def get_namespaced_custom_object(self, *args: Any, _request_timeout: float = 0) -> dict[str, Any]:
+        self.release.wait(_request_timeout)
+        return vm(args[4])
+
+
+async def test_a_slow_get_holds_only_its_own_signals() -> None:
+    s = service(validation_concurrency=2, kube_timeout_s=5.0)
+    s.queue = WorkQueue()
+    s.index.apply_list([vm('indexed')], '1')
+    s.objects = slow = SlowObjects()
+    await s._handle(cast(Signal, FakeSignal('ns', 'missed', 'vm-1')))  # returns at once: its GET runs in a task
+    await s._handle(cast(Signal, FakeSignal('ns', 'indexed', 'vm-2')))
+    assert s.queue.depth == 1 and await s.queue.get() == ('ns', 'indexed')  # not held behind the GET
+    s.index.apply_event({'type': 'ADDED', 'object': vm('missed')})
+    await s._handle(cast(Signal, FakeSignal('ns', 'missed', 'vm-1')))  # indexed now, but waits its turn
+    assert s.validating == 2 and s.queue.depth == 0
+    slow.release.set()
+    while s.validating:
+        await asyncio.sleep(0.005)
+    assert s.queue.depth == 1 and await s.queue.get() == ('ns', 'missed')
     await s.stop()
