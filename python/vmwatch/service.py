@@ -377,6 +377,9 @@ class Service:
         """The queue refused the request (full: see ready()). Count and log it, and forget the VM's
         fingerprints so that its next sighting signals again: nothing is lost for good."""
         self.decider.forget(signal.moref)
+        if self.queue.shutting_down:  # refused because the process is stopping: not a full queue
+            log.debug('queue shut down: request for vm %s/%s not taken', signal.namespace, signal.name)
+            return
         self.metrics.dropped.labels(name='virtualmachine').inc()
         self._rate_log.log(logging.WARNING, 'queue-full', 'the work queue is full (%d keys): request for vm %s/%s '
                            'dropped; it signals again on its next change', self.queue.depth, signal.namespace,

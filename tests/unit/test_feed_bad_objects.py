@@ -239,3 +239,14 @@ async def test_a_slow_get_holds_only_its_own_signals() -> None:
         await asyncio.sleep(0.005)
     assert s.queue.depth == 1 and await s.queue.get() == ('ns', 'missed')
     await s.stop()
+
+
+async def test_a_queue_shut_down_is_not_reported_as_full(caplog: pytest.LogCaptureFixture) -> None:
+    s = service()
+    s.queue = WorkQueue()
+    s.index.apply_list([vm('a')], '1')
+    await s.queue.shutdown()
+    await s._handle(cast(Signal, FakeSignal('ns', 'a', 'vm-1')))
+    assert s.metrics.dropped.labels(name='virtualmachine')._value.get() == 0
+    assert not any('work queue is full' in r.getMessage() for r in caplog.records)
+    await s.stop()
