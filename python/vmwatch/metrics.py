@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
+    from vmwatch.kube.listwatch import BadObjects
     from vmwatch.queue import WorkQueue
 
 __all__ = ['HealthServer', 'Metrics']
@@ -82,6 +83,19 @@ class Metrics:
         self.checkpoint = CheckpointMetrics(r)
 
         self._queues: dict[str, tuple[WorkQueue, dict[str, int]]] = {}
+        # the Kubernetes feeds and the work queue refusing input (issue 11 A3, A6)
+        self.bad_objects = Counter(
+            'vmwatch_bad_objects',
+            'Kubernetes objects a feed skipped or clamped (by resource and reason); each is logged once.',
+            ['resource', 'reason'],
+            registry=r,
+        )
+        self.dropped = Counter(
+            'vmwatch_requests_dropped',
+            'Reconcile requests the work queue refused (full); the VM is forgotten, so its next change signals.',
+            ['name'],
+            registry=r,
+        )
 
     def watch_queue(self, name: str, queue: WorkQueue) -> None:
         """Export `queue` as client-go's workqueue_* series with label name=`name`: latencies and work
@@ -117,6 +131,11 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def watch_feed(self, resource: str, bad_objects: BadObjects) -> None:
+        """Count `bad_objects`' reports (a ListWatch's) as vmwatch_bad_objects_total{resource=`resource`}."""
+        counter = self.bad_objects
+        bad_objects.on_bad = lambda reason: counter.labels(resource=resource, reason=reason).inc()
 
 
 class CheckpointMetrics:

@@ -42,6 +42,7 @@ __all__ = [
     'SHUTDOWN',
     'ItemExponentialBackoff',
     'Key',
+    'KeyedTasks',
     'MaxOfRateLimiter',
     'QueueMetrics',
     'RateLimiter',
@@ -238,6 +239,11 @@ class WorkQueue:
         """The priority a key had when it was handed out (None if it is not being processed)."""
         started = self._processing.get(key)
         return None if started is None else started[1]
+
+    @property
+    def full(self) -> bool:
+        """True while an add of a new key would be refused for want of room (depth at max_depth)."""
+        return len(self._entries) >= self.max_depth
 
     # -- adding -------------------------------------------------------------------------------------
     def add(self, key: Key, *, priority: int = 0) -> bool:
@@ -521,3 +527,57 @@ async def run_workers(queue: WorkQueue, reconcile: Reconcile, *, workers: int = 
     async with asyncio.TaskGroup() as group:
         for _ in range(workers):
             group.create_task(worker())
+
+
+class KeyedTasks:
+    """Runs coroutines concurrently, at most `limit` at once, and one after the other per key, in the order
+    they were started (a later one for a key waits for the earlier ones: nothing is reordered per key).
+
+    `start` waits only while `limit` are already running (backpressure: memory stays bounded). A coroutine's
+    exception is logged, never lost silently. Used for the validation GETs of signals the index missed.
+    """
+
+    def __init__(self, *, limit: int) -> None:
+        if limit < 1:
+            raise ValueError('limit must be >= 1')
+        self._slots = asyncio.Semaphore(limit)
+        self._last: dict[Key, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        """Coroutines started and not finished."""
+        return len(self._tasks)
+
+    def busy(self, key: Key) -> bool:
+        """True while a coroutine for `key` is running or waiting."""
+        return key in self._last
+
+    async def start(self, key: Key, work: Callable[[], Awaitable[None]]) -> None:
+        await self._slots.acquire()
+        previous = self._last.get(key)
+        task = asyncio.create_task(self._run(previous, work), name=f'vmwatch-keyed-{key[0]}/{key[1]}')
+        self._last[key] = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._finished(key, t))
+
+    async def _run(self, previous: asyncio.Task[None] | None, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await work()
+        except Exception:
+            log.exception('a keyed task failed')
+        finally:
+            self._slots.release()
+
+    def _finished(self, key: Key, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._last.get(key) is task:
+            del self._last[key]
+
+    async def aclose(self) -> None:
+        """Cancel every task and wait for them."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

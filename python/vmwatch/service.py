@@ -38,7 +38,7 @@ from vmwatch.kube.zones import (
     owner_id,
 )
 from vmwatch.metrics import Metrics
-from vmwatch.queue import Key, WorkQueue
+from vmwatch.queue import Key, KeyedTasks, WorkQueue
 from vmwatch.settings import FINALIZER, LEGACY_FINALIZER, ServiceSettings, async_signal_disabled
 from vmwatch.vsphere import Endpoint, InvalidLoginError, MoRef, NotAuthenticatedError, Session, SessionError
 from vmwatch.vsphere.errors import CredentialsError
@@ -110,7 +110,7 @@ class Service:
         self.zone_controller = zone_controller
         self.api = api
         self.metrics = metrics or Metrics()
-        self.queue = queue or WorkQueue()
+        self.queue = queue if queue is not None else WorkQueue()  # an empty queue is falsy (it has __len__)
         self.metrics.watch_queue('virtualmachine', self.queue)
         self.disabled = async_signal_disabled() if disabled is None else disabled
         self.index = VirtualMachineIndex(api, index=Index())
@@ -141,14 +141,27 @@ class Service:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._metrics_watcher: Watcher | None = None
         self._metrics_seen: dict[str, int] = {}
+        self._validations = KeyedTasks(limit=settings.validation_concurrency)  # validation GETs (index misses)
+        self.metrics.watch_feed('virtualmachine', self.index.bad_objects)
+        self.metrics.watch_feed('zone', self.zones.cache.bad_objects)
 
     # -- health ---------------------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
+        """Ready while the watcher runs, the VirtualMachine index has synced and the work queue has room."""
         if self.disabled:
             return True, 'idle: async signal disabled'
-        if self.watching:
-            return True, 'watching'
-        return False, self.status
+        if not self.index.synced:
+            error = self.index.last_error
+            return False, f'the VirtualMachine index has not synced yet{f" ({error})" if error else ""}'
+        if self.queue.full:
+            return False, f'the work queue is full ({self.queue.depth} keys): new requests are dropped'
+        if not self.watching:
+            return False, self.status
+        watcher = self.slot.watcher
+        if watcher is None or not watcher.running:  # its loop ended; the service has not noticed it yet
+            error = watcher.error if watcher is not None else None
+            return False, f'the watcher stopped{f": {error}" if error else ""}; restarting'
+        return True, 'watching'
 
     # -- lifecycle ------------------------------------------------------------------------------------
     async def start(self) -> Service:
@@ -341,12 +354,32 @@ class Service:
         return self._validating
 
     async def _handle(self, signal: Signal) -> None:
-        """Spec 4.5: enqueue only VMs that exist in this cluster (and are not being deleted)."""
+        """Spec 4.5: enqueue only VMs that exist in this cluster (and are not being deleted).
+
+        A VM the index has is enqueued at once. One it misses needs a GET: those run concurrently (at most
+        `validation_concurrency`; beyond that this waits for one to finish), one after the other per VM, so
+        a hung API server holds only the signals that need it, never the ones the index answers.
+        """
+        key: Key = (signal.namespace, signal.name)
         self._validating += 1
+        if self.index.get(*key) is not None and not self._validations.busy(key):
+            try:
+                await self._validate_and_enqueue(signal)
+            finally:
+                self._validating -= 1
+            return
+
+        async def validate() -> None:
+            try:
+                await self._validate_and_enqueue(signal)
+            finally:
+                self._validating -= 1
+
         try:
-            await self._validate_and_enqueue(signal)
-        finally:
+            await self._validations.start(key, validate)
+        except BaseException:
             self._validating -= 1
+            raise
 
     async def _validate_and_enqueue(self, signal: Signal) -> None:
         self.metrics.signals.inc()
@@ -356,10 +389,13 @@ class Service:
             # vSphere change is not in it yet. The API is the authority; only a 404 there drops the signal.
             self.metrics.validation_gets.inc()
             try:
-                entry = await fetch_vm_entry(self.objects, signal.namespace, signal.name)
-            except Exception as e:  # the API is unreachable or refuses: a spurious request beats a lost one
+                entry = await fetch_vm_entry(
+                    self.objects, signal.namespace, signal.name, timeout_s=self.settings.kube_timeout_s
+                )
+            except Exception as e:  # unreachable, refused or timed out: a spurious request beats a lost one
+                what = f'{type(e).__name__}: {e}'
                 self._rate_log.log(logging.WARNING, 'validate', 'unable to read vm %s/%s to validate it (%s): '
-                                   'enqueued unvalidated', signal.namespace, signal.name, e)  # fmt: skip
+                                   'enqueued unvalidated', signal.namespace, signal.name, what)  # fmt: skip
                 entry = ('', False, PRIORITY_GENERIC)
         if entry is None:
             log.debug('unable to validate vm %s/%s (%s): dropped', signal.namespace, signal.name, signal.moref)
@@ -372,11 +408,22 @@ class Service:
             self.ledger.settled(signal)
             return
         key: Key = (signal.namespace, signal.name)
-        added = self.queue.add(key, priority=priority)
-        if added:
+        if self.queue.add(key, priority=priority):
             self.ledger.enqueued(key, signal)
         else:
-            self.ledger.dropped(signal)
+            self._refused(signal)
+
+    def _refused(self, signal: Signal) -> None:
+        """The queue refused the request (full: see ready()). Count and log it, and forget the VM's
+        fingerprints so that its next sighting signals again: nothing is lost for good."""
+        self.ledger.dropped(signal)
+        if self.queue.shutting_down:  # refused because the process is stopping: not a full queue
+            log.debug('queue shut down: request for vm %s/%s not taken', signal.namespace, signal.name)
+            return
+        self.metrics.dropped.labels(name='virtualmachine').inc()
+        self._rate_log.log(logging.WARNING, 'queue-full', 'the work queue is full (%d keys): request for vm %s/%s '
+                           'dropped; it signals again on its next change', self.queue.depth, signal.namespace,
+                           signal.name)  # fmt: skip
 
     def refresh_metrics(self) -> None:
         """Copy the watcher's, cache's, index's and queue's counts into the metrics (called before a scrape)."""

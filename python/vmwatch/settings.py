@@ -239,6 +239,10 @@ class ServiceSettings:
         'or failover loses no change; 0 turns checkpoints off',
         unit='s',
     )
+    kube_timeout_s: float = _opt(10.0, 'timeout of a Kubernetes request (validation GETs); then enqueued unvalidated',
+                                 unit='s')  # fmt: skip
+    validation_concurrency: int = _opt(8, 'validation GETs in flight at once (signals the VM index misses)',
+                                       unit='requests')  # fmt: skip
 
     def validate(self) -> ServiceSettings:
         """Raise SettingsError with one clear message when a value cannot work."""

@@ -35,6 +35,10 @@ ROWS = {
     'i': 'a Zone naming a folder that does not exist',
     'j': 'CRDs missing at startup, installed later',
     'z': 'nothing lost: seeded random mix of changes, ignored-only changes and faults',
+    'A3': 'a bad VirtualMachine or Zone (priority annotation out of int32 range, garbage values, wrong types)',
+    'A6': 'the work queue is full (max_depth keys)',
+    'B1': 'kube-apiserver hangs (SIGSTOP) while signals for an indexed and an unindexed VM arrive',
+    'B2': 'vCenter hangs (vcsim SIGSTOPped mid-wait, then SIGCONTed)',
 }
 
 

@@ -8,6 +8,7 @@ only a VM the API does not have is dropped; an API that cannot answer must not l
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -29,6 +30,13 @@ VMS = ('vmoperator.vmware.com', 'v1alpha6', 'virtualmachines')
 def signal(moref: str, namespace: str, name: str) -> Any:
     """What _handle reads of a vmwatch Signal (the core's Signal has no Python constructor)."""
     return SimpleNamespace(moref=moref, namespace=namespace, name=name, verified=False, deleting=False)
+
+
+async def handle(service: Service, sig: Any) -> None:
+    """Hand one signal to the service and wait until it is enqueued or dropped (a GET runs in a task of its own)."""
+    await service._handle(sig)
+    while service.validating:
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -58,7 +66,7 @@ async def test_a_vm_the_index_has_not_seen_yet_is_validated_by_the_api(lagging: 
     service, objects, namespace = lagging
     _create_vm(objects, namespace, 'new-vm')
     assert service.index.get(namespace, 'new-vm') is None  # the index has not seen it
-    await service._handle(signal('vm-1', namespace, 'new-vm'))
+    await handle(service, signal('vm-1', namespace, 'new-vm'))
     assert len(service.queue) == 1
     assert service.metrics.validation_gets._value.get() == 1
     assert service.metrics.skipped.labels(reason='unvalidated')._value.get() == 0
@@ -66,7 +74,7 @@ async def test_a_vm_the_index_has_not_seen_yet_is_validated_by_the_api(lagging: 
 
 async def test_a_vm_the_api_does_not_have_is_dropped(lagging: Any) -> None:
     service, _objects, namespace = lagging
-    await service._handle(signal('vm-2', namespace, 'not-in-this-cluster'))
+    await handle(service, signal('vm-2', namespace, 'not-in-this-cluster'))
     assert len(service.queue) == 0
     assert service.metrics.skipped.labels(reason='unvalidated')._value.get() == 1
 
@@ -78,7 +86,7 @@ async def test_a_vm_being_deleted_is_not_enqueued(lagging: Any) -> None:
                                            {'metadata': {'finalizers': ['test/hold']}},
                                            _content_type='application/merge-patch+json')  # fmt: skip
     objects.delete_namespaced_custom_object(*VMS[:2], namespace, VMS[2], 'going')
-    await service._handle(signal('vm-3', namespace, 'going'))
+    await handle(service, signal('vm-3', namespace, 'going'))
     assert len(service.queue) == 0
     assert service.metrics.skipped.labels(reason='deleting')._value.get() == 1
     objects.patch_namespaced_custom_object(*VMS[:2], namespace, VMS[2], 'going', {'metadata': {'finalizers': None}},
@@ -94,7 +102,7 @@ async def test_an_api_that_cannot_answer_does_not_lose_the_signal(
     dead.retries = False
     with client.ApiClient(dead) as api:
         service.objects = client.CustomObjectsApi(api)
-        await service._handle(signal('vm-4', namespace, 'unknown'))
+        await handle(service, signal('vm-4', namespace, 'unknown'))
     assert len(service.queue) == 1
     assert await service.queue.get() == (namespace, 'unknown')
     assert service.queue.priority_of((namespace, 'unknown')) == PRIORITY_GENERIC

@@ -10,6 +10,10 @@ raw HTTP body (the kubernetes client's model deserializer is not used) and store
   list does not contain: no VM is lost, none is kept stale.
 * Other failures (apiserver restarted, connection reset, read timeout) -> resume the watch from the last
   applied resourceVersion after a capped exponential backoff with jitter.
+* A bad object never stops the feed (ListWatch): out-of-range or garbage priority annotations are clamped
+  to int32 or ignored (kube/priority.py), a field of an unexpected type (status not an object, uniqueID not
+  a string, conditions not a list of objects, annotations not an object) counts as absent, an object
+  without a namespace or name is skipped; each is counted by reason in `bad_objects` and logged once.
 * `synced` is set once the first list is applied; `wait_for_resource_version(rv)` returns once an
   event or bookmark at or beyond `rv` has been applied (tests wait on it instead of sleeping).
 
@@ -20,12 +24,15 @@ indexed names per namespace, which the relist needs to find deletions (the Rust 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any, Final
 
 from vmwatch._vmwatch import Index
-from vmwatch.kube.listwatch import ListWatch
-from vmwatch.kube.priority import vm_priority
+from vmwatch.kube.listwatch import ListWatch, object_name
+from vmwatch.kube.priority import PRIORITY_ANNOTATION, PRIORITY_GENERIC, priority_problem, vm_priority
 
 __all__ = ['fetch_vm_entry', 'VM_GROUP', 'VM_PLURAL', 'VM_VERSION', 'VirtualMachineIndex']
 
@@ -114,8 +121,9 @@ class VirtualMachineIndex(ListWatch):
     # -- ListWatch hooks ----------------------------------------------------------------------------
     def on_event(self, kind: str, obj: dict[str, Any]) -> None:
         if kind == 'DELETED':
-            metadata = obj.get('metadata') or {}
-            self._delete(metadata.get('namespace', ''), metadata.get('name', ''))
+            key = _key(obj)
+            if key is not None:
+                self._delete(*key)
         else:
             self._upsert(obj)
 
@@ -123,48 +131,141 @@ class VirtualMachineIndex(ListWatch):
         """A complete list: upsert every item, delete every indexed VM that is not listed."""
         seen: dict[str, set[str]] = {}
         for obj in items:
-            metadata = obj.get('metadata') or {}
-            seen.setdefault(metadata.get('namespace', ''), set()).add(metadata.get('name', ''))
-            self._upsert(obj)
+            key = self._upsert(obj)
+            if key is not None:
+                seen.setdefault(key[0], set()).add(key[1])
         stale = [(ns, name) for ns, name in self.index.keys() if name not in seen.get(ns, ())]
         for namespace, name in stale:
             self._delete(namespace, name)
         if stale:
             log.info('relist removed %d VirtualMachines deleted while the watch was down', len(stale))
 
-    def _upsert(self, obj: dict[str, Any]) -> None:
-        metadata = obj.get('metadata') or {}
-        namespace, name = metadata.get('namespace', ''), metadata.get('name', '')
-        if not namespace or not name:
-            return
+    def _upsert(self, obj: Any) -> tuple[str, str] | None:
+        """Index one VM; returns its key, or None when it has none (skipped and reported)."""
+        key = _key(obj)
+        if key is None:
+            self.bad_objects.report(object_name(obj), 'no_name', 'no metadata.namespace/name: skipped')
+            return None
+        try:
+            entry = self._entry(obj, key)
+        except Exception as exc:  # whatever else is wrong with it: the VM stays listed, with the defaults
+            self.bad_objects.report(object_name(obj), 'error', f'{type(exc).__name__}: {exc}: indexed without '
+                                    'uniqueID, at the default priority')  # fmt: skip
+            entry = ('', False, PRIORITY_GENERIC)
+        unique_id, deleting, priority = entry
+        try:
+            self.index.upsert(*key, unique_id=unique_id, deleting=deleting, priority=priority)
+        except Exception as exc:  # the core refused it (it should not): skip this one, keep the feed
+            self.bad_objects.report(object_name(obj), 'error', f'not indexed: {type(exc).__name__}: {exc}')
+        return key
+
+    def _entry(self, obj: dict[str, Any], key: tuple[str, str]) -> tuple[str, bool, int]:
         obj.setdefault('apiVersion', self._api_version)  # list items may omit them; the priority needs them
         obj.setdefault('kind', 'VirtualMachine')
-        status = obj.get('status') or {}
-        unique_id = status.get('uniqueID') if isinstance(status, dict) else None
-        self.index.upsert(
-            namespace,
-            name,
-            unique_id=unique_id if isinstance(unique_id, str) else '',
-            deleting=bool(metadata.get('deletionTimestamp')),
-            priority=vm_priority(obj),
-        )
+        entry = vm_entry(obj)
+        for reason, detail in _problems(obj):
+            self.bad_objects.report(object_name(obj), reason, detail)
+        return entry
 
     def _delete(self, namespace: str, name: str) -> None:
         self.index.delete(namespace, name)
 
 
-async def fetch_vm_entry(objects: Any, namespace: str, name: str) -> tuple[str, bool, int] | None:
+def _key(obj: Any) -> tuple[str, str] | None:
+    metadata = obj.get('metadata') if isinstance(obj, dict) else None
+    if not isinstance(metadata, dict):
+        return None
+    namespace, name = metadata.get('namespace'), metadata.get('name')
+    if not isinstance(namespace, str) or not isinstance(name, str) or not namespace or not name:
+        return None
+    return namespace, name
+
+
+def vm_entry(obj: dict[str, Any]) -> tuple[str, bool, int]:
+    """(unique_id, deleting, priority) of a raw VirtualMachine; fields of the wrong type count as absent and
+    the priority is an int32 (kube/priority.py)."""
+    metadata = obj.get('metadata')
+    metadata = metadata if isinstance(metadata, dict) else {}
+    status = obj.get('status')
+    unique_id = status.get('uniqueID') if isinstance(status, dict) else None
+    return unique_id if isinstance(unique_id, str) else '', bool(metadata.get('deletionTimestamp')), vm_priority(obj)
+
+
+def _problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """What in a VirtualMachine was not usable as written: (reason, detail) pairs (empty for a good one)."""
+    out: list[tuple[str, str]] = []
+    metadata = obj.get('metadata') or {}
+    annotations = metadata.get('annotations')
+    if annotations is not None and not isinstance(annotations, dict):
+        out.append(('bad_annotations', f'metadata.annotations is a {type(annotations).__name__}: ignored'))
+    problem = priority_problem(obj)
+    if problem is not None:
+        raw = str((annotations or {}).get(PRIORITY_ANNOTATION))[:40]
+        what = 'clamped to the int32 range' if problem == 'priority_out_of_range' else 'ignored'
+        out.append((problem, f'priority annotation {raw!r} {what}'))
+    status = obj.get('status')
+    if status is not None and not isinstance(status, dict):
+        out.append(('bad_status', f'status is a {type(status).__name__}: taken as empty'))
+        return out
+    status = status or {}
+    unique_id = status.get('uniqueID')
+    if unique_id is not None and not isinstance(unique_id, str):
+        out.append(('bad_unique_id', f'status.uniqueID is a {type(unique_id).__name__}: indexed without it'))
+    conditions = status.get('conditions')
+    if conditions is not None and not (isinstance(conditions, list) and all(isinstance(c, dict) for c in conditions)):
+        out.append(('bad_conditions', 'status.conditions is not a list of objects: taken as none'))
+    return out
+
+
+async def _in_daemon_thread(fn: Callable[[], Any]) -> Any:
+    """`fn()` in a daemon thread of its own. Not the default pool: a GET against a hung API server keeps its
+    thread past the caller's timeout (urllib3 retries a timed-out read), and such threads must neither take
+    the default pool's few workers from everything else (Zone reads, vSphere calls) nor hold up the process
+    exit. Bounded: the service runs at most `validation_concurrency` GETs at once, each thread ends after
+    at most (retries + 1) request timeouts."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # the caller gave up (timeout or cancel)
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = fn()
+        except BaseException as e:
+            error = e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name='vmwatch-vm-get', daemon=True).start()
+    return await future
+
+
+async def fetch_vm_entry(
+    objects: Any, namespace: str, name: str, *, timeout_s: float = 10.0
+) -> tuple[str, bool, int] | None:
     """(unique_id, deleting, priority) of a VirtualMachine read from the API (None when it does not exist):
-    what validation uses before the index has synced."""
+    what validation uses before the index has synced. Raises TimeoutError after `timeout_s`."""
     from kubernetes.client.exceptions import ApiException
 
+    get = functools.partial(
+        objects.get_namespaced_custom_object, VM_GROUP, VM_VERSION, namespace, VM_PLURAL, name,
+        _request_timeout=timeout_s,
+    )  # fmt: skip
     try:
-        obj = await asyncio.to_thread(objects.get_namespaced_custom_object, VM_GROUP, VM_VERSION, namespace,
-                                      VM_PLURAL, name)  # fmt: skip
+        obj = await asyncio.wait_for(_in_daemon_thread(get), timeout_s)
     except ApiException as e:
         if e.status == 404:
             return None
         raise
-    status = obj.get('status') or {}
-    metadata = obj.get('metadata') or {}
-    return str(status.get('uniqueID') or ''), bool(metadata.get('deletionTimestamp')), vm_priority(obj)
+    except TimeoutError:
+        raise TimeoutError(f'GET virtualmachine {namespace}/{name}: no answer within {timeout_s:g} s') from None
+    return vm_entry(obj) if isinstance(obj, dict) else ('', False, PRIORITY_GENERIC)

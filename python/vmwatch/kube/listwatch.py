@@ -11,6 +11,10 @@ watch event mean. Semantics:
   resourceVersion after a capped exponential backoff with jitter.
 * `wait_synced()` returns once the first list is applied; `wait_for_resource_version(rv)` once an event
   or bookmark at or beyond `rv` was applied (tests wait on it instead of sleeping).
+* One bad object never stops the feed: an object the handler cannot use (a missing name, a field of an
+  unexpected type, a value out of range) is skipped or clamped by the handler and reported to
+  `bad_objects` (counted by reason, logged once per object and reason); a handler that raises on an event
+  has that event skipped and reported the same way, and the watch goes on.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final
 
 import orjson
 
-__all__ = ['Gone', 'ListWatch', 'ListWatchStats', 'StreamError']
+__all__ = ['BadObjects', 'Gone', 'ListWatch', 'ListWatchStats', 'StreamError', 'object_name']
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,47 @@ class ListWatchStats:
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+def object_name(obj: Any) -> str:
+    """'namespace/name' of a raw object for log lines (bounded, whatever its shape)."""
+    metadata = obj.get('metadata') if isinstance(obj, Mapping) else None
+    if not isinstance(metadata, Mapping):
+        return '<no metadata>'
+    namespace, name = metadata.get('namespace', ''), metadata.get('name', '')
+    return f'{str(namespace)[:100]}/{str(name)[:100]}'
+
+
+class BadObjects:
+    """Objects a feed could not take as they are (skipped or clamped): counted by reason, logged once each.
+
+    `report(name, reason, detail)` counts every occurrence (`counts`, and `on_bad(reason)` when set: the
+    metric) and logs a warning the first time an object shows a reason. The set of (object, reason) pairs
+    already logged holds at most `remember` entries; when full it starts over (one more line per object).
+    """
+
+    REMEMBER: Final = 10_000
+
+    def __init__(self, what: str, *, remember: int = REMEMBER) -> None:
+        self.what = what
+        self.counts: Counter[str] = Counter()
+        self.on_bad: Callable[[str], None] | None = None
+        self._logged: set[tuple[str, str]] = set()
+        self._remember = remember
+        self._lock = threading.Lock()
+
+    def report(self, name: str, reason: str, detail: str) -> None:
+        with self._lock:
+            self.counts[reason] += 1
+            first = (name, reason) not in self._logged
+            if first:
+                if len(self._logged) >= self._remember:
+                    self._logged.clear()
+                self._logged.add((name, reason))
+        if self.on_bad is not None:
+            self.on_bad(reason)
+        if first:
+            log.warning('%s %s: %s (%s); the rest of the feed goes on', self.what, name, detail[:200], reason)
 
 
 class ListWatch:
@@ -77,6 +123,7 @@ class ListWatch:
         self.connect_timeout_s = connect_timeout_s
         self.backoff_max_s = backoff_max_s
         self.stats = ListWatchStats()
+        self.bad_objects = BadObjects(path)
         self.last_error: BaseException | None = None  # the last list/watch failure (it was retried)
         self._rv = 0  # last applied resourceVersion, as an int (etcd3 revisions)
         self._rv_str = ''
@@ -147,11 +194,18 @@ class ListWatch:
                 raise Gone(obj.get('message', 'resourceVersion too old'))
             raise StreamError(f'watch ERROR event: {obj.get("code")} {obj.get("reason")}: {obj.get("message")}')
         if kind in ('ADDED', 'MODIFIED', 'DELETED'):
-            self.on_event(kind, obj)
+            try:
+                self.on_event(kind, obj)
+            except Exception as exc:  # one object the handler chokes on must not stop the watch
+                self.bad_objects.report(
+                    object_name(obj), 'error', f'{kind} event not applied: {type(exc).__name__}: {exc}'
+                )
         elif kind != 'BOOKMARK':
             log.warning('%s: ignoring watch event of unknown type %r', self.path, kind)
         self.stats.events += 1
-        self._applied((obj.get('metadata') or {}).get('resourceVersion', ''))
+        metadata = obj.get('metadata')
+        resource_version = metadata.get('resourceVersion') if isinstance(metadata, dict) else None
+        self._applied(resource_version if isinstance(resource_version, str) else '')
 
     def apply_list(self, items: list[dict[str, Any]], resource_version: str) -> None:
         self.on_list(items, resource_version)

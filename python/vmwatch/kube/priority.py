@@ -8,6 +8,11 @@ code wins over the commit message and the docs, which disagree with it).
 disk-promotion bucket (96) is never evaluated, so a powered-on VM waiting for disk promotion gets the
 event default. spec.md 7.2 asks to fix it, the decisions say to use the code table; we implement the
 table exactly, so priorities match the reference controller's for the same object.
+
+**Range**: the annotation parses like Go's `strconv.Atoi` (int64), but the Rust index and the queue hold an
+int32. A value within int64 and outside int32 is clamped to the nearest int32 bound (it keeps its place
+above or below every bucket, which is all a priority is for); `priority_problem` names the clamp (or a
+value that does not parse at all) so the index can count and log the object (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ __all__ = [
     'PRIORITY_UPDATE',
     'PRIORITY_WAITING_FOR_DISK_PROMO',
     'PRIORITY_WAITING_FOR_IP',
+    'PRIORITY_MAX',
+    'PRIORITY_MIN',
     'event_priority',
+    'priority_problem',
     'vm_priority',
 ]
 
@@ -56,6 +64,9 @@ _CONDITION_DISK_PROMOTION_SYNCED: Final = 'VirtualMachineDiskPromotionSynced'
 # Go's strconv.Atoi: optional sign then ASCII digits, nothing else (no spaces, no underscores), within int64.
 _ATOI = re.compile(r'[+-]?[0-9]+')
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# What the Rust index and the queue hold (an i32): annotation values outside are clamped to these.
+PRIORITY_MIN: Final = -(2**31)
+PRIORITY_MAX: Final = 2**31 - 1
 
 EventKind = Literal['generic', 'create', 'update', 'delete']
 _EVENT_DEFAULTS: Final[Mapping[str, int]] = {
@@ -108,12 +119,31 @@ def _map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _annotation_priority(annotations: Mapping[str, Any]) -> int | None:
-    value = annotations.get(PRIORITY_ANNOTATION)
-    if not isinstance(value, str) or not _ATOI.fullmatch(value):
+def _atoi(value: Any) -> int | None:
+    """Go's strconv.Atoi on 64-bit: the int64 an annotation value spells, or None (a 5000-digit value is
+    refused by its length before Python's int() would raise on it)."""
+    if not isinstance(value, str) or not _ATOI.fullmatch(value) or len(value.lstrip('+-').lstrip('0')) > 19:
         return None
     number = int(value)
     return number if _INT64_MIN <= number <= _INT64_MAX else None
+
+
+def _annotation_priority(annotations: Mapping[str, Any]) -> int | None:
+    number = _atoi(annotations.get(PRIORITY_ANNOTATION))
+    return None if number is None else min(PRIORITY_MAX, max(PRIORITY_MIN, number))
+
+
+def priority_problem(obj: Mapping[str, Any]) -> str | None:
+    """Why `obj`'s priority annotation was not taken as written: 'priority_out_of_range' (an int64 outside
+    int32: clamped), 'bad_priority' (not an integer, or beyond int64: ignored, as the reference does), or
+    None (no annotation, an empty one, or a usable one)."""
+    value = _map(_map(obj.get('metadata')).get('annotations')).get(PRIORITY_ANNOTATION)
+    if value is None or value == '':
+        return None
+    number = _atoi(value)
+    if number is None:
+        return 'bad_priority'
+    return None if PRIORITY_MIN <= number <= PRIORITY_MAX else 'priority_out_of_range'
 
 
 def _is_virtual_machine(obj: Mapping[str, Any]) -> bool:

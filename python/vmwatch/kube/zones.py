@@ -29,7 +29,7 @@ from typing import Any, Final, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from vmwatch.kube.listwatch import ListWatch
+from vmwatch.kube.listwatch import ListWatch, object_name
 from vmwatch.queue import SHUTDOWN, Key, WorkQueue
 from vmwatch.settings import FINALIZER, LEGACY_FINALIZER
 
@@ -83,7 +83,12 @@ class FolderTargets(Protocol):
 
 
 class ZoneCache(ListWatch):
-    """All Zones, kept current by a list + watch; changes are reported to `on_change(key)`."""
+    """All Zones, kept current by a list + watch; changes are reported to `on_change(key)`.
+
+    A Zone the service cannot read (no namespace/name, or spec, spec.managedVMs or folderMoID of the wrong
+    type) is not kept: it counts as absent, as a Zone naming no folder would, and is counted by reason in
+    `bad_objects` and logged once. Every other Zone is kept, so one garbage Zone cannot stop the feed.
+    """
 
     thread_name = 'vmwatch-zones'
 
@@ -98,8 +103,20 @@ class ZoneCache(ListWatch):
         md = obj.get('metadata') or {}
         return (str(md.get('namespace', '')), str(md.get('name', '')))
 
+    def _usable(self, obj: Any) -> Key | None:
+        """The Zone's key when the service can read it; else None (reported)."""
+        md = obj.get('metadata') if isinstance(obj, dict) else None
+        if not isinstance(md, dict) or not all(isinstance(md.get(f), str) and md.get(f) for f in ('namespace', 'name')):
+            self.bad_objects.report(object_name(obj), 'no_name', 'no metadata.namespace/name: skipped')
+            return None
+        problem = _zone_problem(obj)
+        if problem is not None:
+            self.bad_objects.report(object_name(obj), 'bad_spec', f'{problem}: not kept (as if it named no folder)')
+            return None
+        return md['namespace'], md['name']
+
     def on_list(self, items: list[dict[str, Any]], resource_version: str) -> None:
-        fresh = {self._key(o): o for o in items}
+        fresh = {key: o for o in items if (key := self._usable(o)) is not None}
         with self._lock:
             gone = set(self._zones) - set(fresh)
             self._zones = fresh
@@ -107,7 +124,12 @@ class ZoneCache(ListWatch):
             self._notify(key)
 
     def on_event(self, kind: str, obj: dict[str, Any]) -> None:
-        key = self._key(obj)
+        key = self._usable(obj)
+        if key is None:
+            if kind == 'DELETED' or not isinstance(obj.get('metadata'), dict):
+                return
+            key = self._key(obj)  # a kept Zone turned unreadable: drop it, as if it named no folder
+            kind = 'DELETED'
         with self._lock:
             if kind == 'DELETED':
                 self._zones.pop(key, None)
@@ -126,6 +148,24 @@ class ZoneCache(ListWatch):
     def get(self, key: Key) -> dict[str, Any] | None:
         with self._lock:
             return self._zones.get(key)
+
+
+def _zone_problem(zone: dict[str, Any]) -> str | None:
+    """What makes a Zone unreadable for folder_of & co, or None."""
+    spec = zone.get('spec')
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        return f'spec is a {type(spec).__name__}'
+    managed = spec.get('managedVMs')
+    if managed is None:
+        return None
+    if not isinstance(managed, dict):
+        return f'spec.managedVMs is a {type(managed).__name__}'
+    moid = managed.get('folderMoID')
+    if moid is not None and not isinstance(moid, str):
+        return f'spec.managedVMs.folderMoID is a {type(moid).__name__}'
+    return None
 
 
 @dataclass
