@@ -176,6 +176,7 @@ class FakeSignal:
     namespace: str
     name: str
     moref: str
+    digest: int = 1
 
 
 def service(**overrides: Any) -> Service:
@@ -198,7 +199,7 @@ async def test_a_full_queue_is_not_ready_counted_and_forgets_the_vm(caplog: pyte
     s = service()
     s.index.apply_list([vm('a'), vm('b')], '1')
     forgotten: list[str] = []
-    s.decider = cast(Any, type('D', (), {'forget': lambda self, m: forgotten.append(m)})())
+    s.decider = s.ledger.decider = cast(Any, type('D', (), {'forget': lambda self, m: forgotten.append(m)})())
     await s._handle(cast(Signal, FakeSignal('ns', 'a', 'vm-1')))
     assert not s.queue.full or s.queue.depth == 1
     await s._handle(cast(Signal, FakeSignal('ns', 'b', 'vm-2')))  # the queue holds one key: refused
