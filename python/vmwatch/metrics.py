@@ -79,6 +79,9 @@ class Metrics:
         self.lease_holder = Gauge(
             'vmwatch_lease_holder', '1 for the identity currently holding the Lease.', ['identity'], registry=r
         )
+        self.sink_failures = Counter(
+            'vmwatch_sink_failures', 'Times the sink failed and was restarted (or, stdout closed, ended).', registry=r
+        )
 
         self._queues: dict[str, tuple[WorkQueue, dict[str, int]]] = {}
 

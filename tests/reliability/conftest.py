@@ -32,6 +32,11 @@ ROWS = {
     'i': 'a Zone naming a folder that does not exist',
     'j': 'CRDs missing at startup, installed later',
     'z': 'nothing lost: seeded random mix of changes, ignored-only changes and faults',
+    'A4': "the stdout sink's reader goes away (EPIPE) or stops reading; SIGTERM while the sink is stuck",
+    'B3': 'zero, negative, NaN, infinite or absurd numeric settings',
+    'B4': 'two replicas: the standby must write nothing (Zone finalizers, sink patches)',
+    'C1': '`vmwatch watch` at DEBUG; a vCenter URL with user:password',
+    'C2': 'bad input to every command (addresses, ports in use, log levels, CA files, numbers)',
 }
 
 
