@@ -57,7 +57,7 @@ def _read_until(fd: int, needle: bytes, timeout_s: float = 30.0) -> bytes:
     return got
 
 
-def test_a4_stdout_reader_gone_or_stuck(run_env: Any, recorder: Recorder) -> None:
+def test_a4_stdout_reader_gone_or_stuck(run_env: Any, recorder: Recorder) -> None:  # noqa: F811 (the fixture)
     ns = run_env.namespace
     # 1. a reader that stops reading: the pipe is full before vmwatch writes its first line
     r, w = os.pipe()
