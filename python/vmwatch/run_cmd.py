@@ -181,6 +181,7 @@ class Replica:
                 on_new_leader=metrics.set_lease_holder,
             )
         self._task: asyncio.Task[None] | None = None
+        self._stopped: bool | None = None  # stop()'s result once it ran
 
     def ready(self) -> tuple[bool, str]:
         ok, reason = self.sinks.ready()
@@ -200,7 +201,10 @@ class Replica:
 
     async def stop(self, *, grace_s: float = 0.0) -> bool:
         """Stop watching, drain the queue into the sink for at most `grace_s` (only the holder runs a sink),
-        step down and stop. True when no request was left undelivered."""
+        step down and stop (once). True when no request was left undelivered."""
+        if self._stopped is not None:
+            return self._stopped
+        self._stopped = False
         await self.service.stop_watching()  # no new requests
         delivered = await _drain(self.service, self.sinks, grace_s)
         if self._task is not None:
@@ -211,6 +215,7 @@ class Replica:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.sinks.stop()
         await self.service.stop()
+        self._stopped = delivered
         return delivered
 
 

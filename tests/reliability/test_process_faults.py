@@ -101,6 +101,8 @@ def test_a4_stdout_reader_gone_or_stuck(run_env: Any, recorder: Recorder) -> Non
     assert gone_rc == 1, err[-3000:]
     assert 'ERROR vmwatch.kube.sinks: sink closed: the reader of stdout went away' in err, err[-3000:]
     assert gone_exit_s < 10, gone_exit_s
+    print(f'\nA4: SIGTERM with a stuck sink exited in {stuck_exit_s:.2f} s (grace {GRACE_S} s); '
+          f'EPIPE exited {gone_exit_s:.2f} s after the change')  # fmt: skip
     recorder.record(
         'A4',
         did=f'a reader that stops reading stalls only the sink (/readyz still answers); SIGTERM with requests '
