@@ -116,6 +116,7 @@ class Leadership:
         self.leading = True
         self.service.zones.start_reconciling()
         self.sink.start()
+        await self._finalizers_first()
         self.service.start_watching()
         try:
             await asyncio.Event().wait()  # until the Lease is lost or the process stops (this task is cancelled)
@@ -125,6 +126,21 @@ class Leadership:
             await self.sink.stop()  # the request being delivered goes back to the queue
             await self.service.zones.stop_reconciling()
             self.leading = False
+
+    async def _finalizers_first(self, timeout_s: float = 5.0) -> None:
+        """Give the Zone controller up to `timeout_s` to add the missing finalizers before the watcher gathers
+        its folders (which adds them too): two writers of one Zone's finalizers would meet in a 409."""
+        from vmwatch.kube.zones import finalizers, folder_of, is_deleting
+        from vmwatch.settings import FINALIZER
+
+        cache = self.service.zones.cache
+        deadline = time.monotonic() + timeout_s
+        if not await asyncio.to_thread(cache.wait_synced, timeout_s):
+            return
+        while time.monotonic() < deadline and any(
+            folder_of(z) and not is_deleting(z) and FINALIZER not in finalizers(z) for z in cache.zones()
+        ):
+            await asyncio.sleep(0.02)
 
 
 def _hard_exit_after(delay_s: float) -> None:

@@ -9,6 +9,7 @@ its Zone controller reconciles every Zone, also one created while nobody led.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -76,6 +77,15 @@ def _get(objects: Any, ns: str, kind: tuple[str, str, str], name: str) -> dict[s
     return obj
 
 
+async def _until(predicate: Callable[[], bool], what: str, *, timeout_s: float = 30.0) -> None:
+    """Poll a blocking predicate (it asks the API server) in a thread: the replicas share this event loop."""
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f'timed out after {timeout_s} s waiting for {what}')
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.anyio
 async def test_b4_only_the_lease_holder_writes(
     kube_server: KubeServer, kube_api: client.ApiClient, vcsim: VcsimServer, recorder: Recorder
@@ -108,21 +118,21 @@ async def test_b4_only_the_lease_holder_writes(
         _zone(objects, ns, 'zone-a', folder)
         await a.start(release=False)  # release=False: stopping it below is a crash (the Lease must expire)
         await until(lambda: a.service.watching, 'a leads and watches')
-        await until(lambda: finalized('zone-a'), 'a adds the finalizer')
+        await _until(lambda: finalized('zone-a'), 'a adds the finalizer')
         await b.start(release=False)
         await until(lambda: b.service.zones.cache.get((ns, 'zone-a')) is not None, "b's Zone cache is warm")
         # while both run: a Zone comes and goes, a VM is signalled through the annotate sink
-        _zone(objects, ns, 'zone-b', folder)
-        await until(lambda: finalized('zone-b'), 'the finalizer on zone-b')
-        objects.delete_namespaced_custom_object(*ZONES[:2], ns, ZONES[2], 'zone-b')
-        await until(lambda: _get(objects, ns, ZONES, 'zone-b') is None, 'zone-b deleted (finalizer removed)')
-        objects.create_namespaced_custom_object(*VMS[:2], ns, VMS[2], {
+        await asyncio.to_thread(_zone, objects, ns, 'zone-b', folder)
+        await _until(lambda: finalized('zone-b'), 'the finalizer on zone-b')
+        await asyncio.to_thread(objects.delete_namespaced_custom_object, *ZONES[:2], ns, ZONES[2], 'zone-b')
+        await _until(lambda: _get(objects, ns, ZONES, 'zone-b') is None, 'zone-b deleted (finalizer removed)')
+        await asyncio.to_thread(objects.create_namespaced_custom_object, *VMS[:2], ns, VMS[2], {
             'apiVersion': 'vmoperator.vmware.com/v1alpha6', 'kind': 'VirtualMachine',
             'metadata': {'name': 'vm-1', 'namespace': ns}, 'spec': {},
         })  # fmt: skip
-        inv.move_into(session, MoRef.parse(f'Folder:{folder}'), [vm])
-        inv.set_extra_config(session, vm, {'vmservice.namespacedName': f'{ns}/vm-1'})
-        await until(lambda: annotation() != '', 'the leader signals vm-1')
+        await asyncio.to_thread(inv.move_into, session, MoRef.parse(f'Folder:{folder}'), [vm])
+        await asyncio.to_thread(inv.set_extra_config, session, vm, {'vmservice.namespacedName': f'{ns}/vm-1'})
+        await _until(lambda: annotation() != '', 'the leader signals vm-1')
         await until(lambda: b.service.index.get(ns, 'vm-1') is not None, "b's VirtualMachine index is warm")
         assert b.elector is not None and not b.elector.is_leader
         standby_writes = list(writes_b.log)
@@ -135,14 +145,14 @@ async def test_b4_only_the_lease_holder_writes(
         # the holder dies; a Zone is created while nobody leads; the standby takes over and reconciles it
         await a.stop()
         died = time.monotonic()
-        _zone(objects, ns, 'zone-c', folder)
+        await asyncio.to_thread(_zone, objects, ns, 'zone-c', folder)
         await until(lambda: b.elector is not None and b.elector.is_leader, 'b takes over', timeout_s=20)
         takeover_s = time.monotonic() - died
-        await until(lambda: finalized('zone-c'), "b's Zone controller reconciles every Zone", timeout_s=20)
+        await _until(lambda: finalized('zone-c'), "b's Zone controller reconciles every Zone", timeout_s=20)
         await until(lambda: b.service.watching, 'b watches')
-        before = annotation()
-        inv.set_extra_config(session, vm, {'guestinfo.b4': str(time.time_ns())})
-        await until(lambda: annotation() not in ('', before), 'b signals vm-1 through its sink')
+        before = await asyncio.to_thread(annotation)
+        await asyncio.to_thread(inv.set_extra_config, session, vm, {'guestinfo.b4': str(time.time_ns())})
+        await _until(lambda: annotation() not in ('', before), 'b signals vm-1 through its sink')
         assert writes_a.conflicts() == [] and writes_b.conflicts() == [], (writes_a.log, writes_b.log)
         assert takeover_s < settings.lease_duration_s + 2.0, takeover_s
         print(f'\nB4: holder wrote {leader_writes} times, standby 0; takeover {takeover_s:.2f} s after the holder died')
