@@ -122,9 +122,10 @@ class Leadership:
             await asyncio.Event().wait()  # until the Lease is lost or the process stops (this task is cancelled)
         finally:
             self.metrics.leader.labels(name=self.lease_name).set(0)
-            await self.service.stop_watching()
-            await self.sink.stop()  # the request being delivered goes back to the queue
+            # writes first: the request being delivered goes back to the queue, held for the next term
+            await self.sink.stop()
             await self.service.zones.stop_reconciling()
+            await self.service.stop_watching()
             self.leading = False
 
     async def _finalizers_first(self, timeout_s: float = 5.0) -> None:
