@@ -88,6 +88,21 @@ def test_stdout_sink_on_a_pipe_whose_reader_left_raises_closed() -> None:
     asyncio.run(main())
 
 
+def test_stdout_sink_notices_a_reader_gone_with_nothing_to_write() -> None:
+    async def main() -> None:
+        r, w = os.pipe()
+        with os.fdopen(w, 'wb') as stream:
+            sink = StdoutSink(stream)
+            task = asyncio.ensure_future(sink.run(WorkQueue()))
+            await asyncio.sleep(0.1)
+            assert not task.done()
+            os.close(r)
+            with pytest.raises(SinkClosedError):
+                await asyncio.wait_for(task, timeout=3)
+
+    asyncio.run(main())
+
+
 def test_a_stuck_stdout_write_blocks_neither_the_loop_nor_stop() -> None:
     async def main() -> None:
         r, w = os.pipe()

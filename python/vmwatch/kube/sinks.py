@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import queue as thread_queue
+import select
 import sys
 import threading
 import time
@@ -139,6 +140,9 @@ async def _deliver(queue: WorkQueue, signal: Callable[[Key], Awaitable[None]]) -
         queue.done(key)
 
 
+_CLOSED = 'the reader of stdout went away (EPIPE): requests cannot be delivered'
+
+
 class SinkClosedError(ConnectionError):
     """The sink's destination is gone for good (stdout's reader went away): the process must exit."""
 
@@ -147,12 +151,16 @@ class _FdWriter:
     """Blocking writes to a file descriptor in a daemon thread; `await write(data)` returns once written.
 
     A daemon thread stuck in os.write (a reader that stopped reading) never holds up the process exit, and
-    no Python-level lock is held while it blocks.
+    no Python-level lock is held while it blocks. While idle, the thread polls the descriptor every
+    `poll_s`: a pipe whose reader went away reports POLLERR, which settles the `gone()` future, so a dead
+    reader is noticed without waiting for the next request.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, poll_s: float = 0.5) -> None:
         self.fd = fd
+        self.poll_s = poll_s
         self._jobs: thread_queue.SimpleQueue[tuple[bytes, asyncio.Future[None]]] = thread_queue.SimpleQueue()
+        self._gone: asyncio.Future[None] | None = None
         self._thread = threading.Thread(target=self._run, name='vmwatch-stdout', daemon=True)
         self._thread.start()
 
@@ -162,9 +170,20 @@ class _FdWriter:
         self._jobs.put((data, done))
         await done
 
+    def gone(self) -> asyncio.Future[None]:
+        """A future that completes when the reader of the descriptor is gone (a new one per call)."""
+        self._gone = asyncio.get_running_loop().create_future()
+        return self._gone
+
     def _run(self) -> None:
         while True:
-            data, done = self._jobs.get()
+            try:
+                data, done = self._jobs.get(timeout=self.poll_s)
+            except thread_queue.Empty:
+                gone = self._gone
+                if gone is not None and not gone.done() and self._reader_gone():
+                    self._settle_from_thread(gone, None)
+                continue
             error: BaseException | None = None
             try:
                 view = memoryview(data)
@@ -172,9 +191,17 @@ class _FdWriter:
                     view = view[os.write(self.fd, view) :]
             except OSError as e:
                 error = e
-            loop = done.get_loop()
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                loop.call_soon_threadsafe(_settle, done, error)
+            self._settle_from_thread(done, error)
+
+    def _reader_gone(self) -> bool:
+        poller = select.poll()
+        poller.register(self.fd, 0)  # no events asked: only POLLERR / POLLHUP / POLLNVAL are reported
+        return any(mask & (select.POLLERR | select.POLLNVAL) for _fd, mask in poller.poll(0))
+
+    @staticmethod
+    def _settle_from_thread(done: asyncio.Future[None], error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            done.get_loop().call_soon_threadsafe(_settle, done, error)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
@@ -202,7 +229,21 @@ class StdoutSink:
             self._writer = _FdWriter(fd)
 
     async def run(self, queue: WorkQueue) -> None:
-        await _deliver(queue, lambda key: self._signal(queue, key))
+        """Deliver until the queue is shut down; SinkClosedError as soon as the reader of stdout is gone."""
+        if self._writer is None:
+            await _deliver(queue, lambda key: self._signal(queue, key))
+            return
+        deliver = asyncio.ensure_future(_deliver(queue, lambda key: self._signal(queue, key)))
+        gone = self._writer.gone()
+        try:
+            await asyncio.wait({deliver, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not deliver.done():
+                raise SinkClosedError(_CLOSED)
+            await deliver
+        finally:
+            gone.cancel()
+            deliver.cancel()
+            await asyncio.gather(deliver, return_exceptions=True)
 
     async def _signal(self, queue: WorkQueue, key: Key) -> None:
         line = {
@@ -219,7 +260,7 @@ class StdoutSink:
                 self.stream.write(data)
                 self.stream.flush()
         except BrokenPipeError:
-            raise SinkClosedError('the reader of stdout went away (EPIPE): requests cannot be delivered') from None
+            raise SinkClosedError(_CLOSED) from None
         self.written += 1
 
 
