@@ -8,6 +8,7 @@ get past loading it (a health port in use is only found once the process tries t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -63,6 +64,9 @@ def test_b3_every_numeric_setting_refuses_zero_negative_nan_inf_and_absurd(
 ) -> None:
     for key, value in base_env.items():
         monkeypatch.setenv(key, value)
+    root = logging.getLogger()  # cli.main configures the root logger: give this process's back afterwards
+    monkeypatch.setattr(root, 'handlers', list(root.handlers))
+    monkeypatch.setattr(root, 'level', root.level)
     refused = 0
     for name in NUMERIC:
         flag = '--' + name.replace('_', '-')
