@@ -241,7 +241,9 @@ class ServiceSettings:
     log_format: str = _opt('text', 'log line format', choices=('text', 'json'))
     log_level: str = _opt('INFO', 'log level', choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'))
     shutdown_grace_s: float = _opt(
-        10.0, 'on SIGTERM, how long the queue is drained into the sink before the process exits', unit='s'
+        10.0,
+        'on SIGTERM, how long the queue is drained into the sink before exiting (1 if requests were left)',
+        unit='s',
     )
 
     def validate(self) -> ServiceSettings:
@@ -403,7 +405,9 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not MISSING else None
         unit = f' [{meta["unit"]}]' if meta['unit'] else ''
         shown = ','.join(default) if isinstance(default, tuple) else ('' if default is None else default)
-        help_text = f'{meta["help"]}{unit} (default: {shown!s}; env {_env_name(f.name)})'
+        bounds = _LIMITS.get(f.name)
+        allowed = f'; {bounds[0]:g} to {bounds[1]:g}' if bounds and str(f.type) in ('int', 'float') else ''
+        help_text = f'{meta["help"]}{unit} (default: {shown!s}{allowed}; env {_env_name(f.name)})'
         kwargs: dict[str, Any] = {'dest': f.name, 'default': None, 'help': help_text}
         if meta['choices']:
             kwargs['choices'] = meta['choices']
