@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from vmwatch.logs import configure_logging
 
 __all__ = ['main']
 
@@ -22,7 +23,7 @@ __all__ = ['main']
 _COMMANDS = {
     'decode': 'vmwatch.decode',
     'watch': 'vmwatch.watch_cmd',
-    'run': 'vmwatch.service',
+    'run': 'vmwatch.run_cmd',
     'demo': 'vmwatch.demo',
 }
 
@@ -59,12 +60,27 @@ def _run_devenv(args: argparse.Namespace) -> int:
     return 0
 
 
+LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit 2), not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog='vmwatch', description='vSphere changes in, Kubernetes reconcile requests out, fast and without noise.'
     )
     parser.add_argument(
-        '--log-level', dest='root_log_level', default='INFO', help='DEBUG, INFO, WARNING or ERROR (default: INFO)'
+        '--log-level',
+        dest='root_log_level',
+        default='INFO',
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help='DEBUG, INFO, WARNING or ERROR (default: INFO)',
     )
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for module_name in _COMMANDS.values():
@@ -82,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.root_log_level.upper(), format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    configure_logging(level=args.root_log_level)  # redacting, as `run` (which sets its own level and format)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -25,9 +25,19 @@ NAMESPACE = 'demo'
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser('demo', help='run vmwatch against a local vcsim + kube-apiserver and show the requests')
-    p.add_argument('--vms', type=int, default=4, help='VMs per vcsim resource pool (default: 4)')
+    p.add_argument('--vms', type=_vm_count, default=4, help='VMs per vcsim resource pool, 1 to 500 (default: 4)')
     p.add_argument('--state-dir', type=Path, default=None, help='where server state and logs go (default: temp)')
     p.set_defaults(func=run)
+
+
+def _vm_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+    if not 1 <= n <= 500:
+        raise argparse.ArgumentTypeError(f'{n} is not between 1 and 500')
+    return n
 
 
 def run(args: argparse.Namespace) -> int:

@@ -81,6 +81,9 @@ class Metrics:
             'vmwatch_lease_holder', '1 for the identity currently holding the Lease.', ['identity'], registry=r
         )
         self.checkpoint = CheckpointMetrics(r)
+        self.sink_failures = Counter(
+            'vmwatch_sink_failures', 'Times the sink failed and was restarted (or, stdout closed, ended).', registry=r
+        )
 
         self._queues: dict[str, tuple[WorkQueue, dict[str, int]]] = {}
         # the Kubernetes feeds and the work queue refusing input (issue 11 A3, A6)

@@ -8,11 +8,15 @@ against a cluster where that operator's CRDs are installed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = [
     'DEFAULT_IGNORED_EXTRA_CONFIG_KEYS',
@@ -26,8 +30,11 @@ __all__ = [
     'WatchSettings',
     'add_service_arguments',
     'async_signal_disabled',
+    'check_ca_file',
+    'check_number',
     'load_service_settings',
     'parse_bool',
+    'parse_host_port',
 ]
 
 
@@ -243,28 +250,51 @@ class ServiceSettings:
                                  unit='s')  # fmt: skip
     validation_concurrency: int = _opt(8, 'validation GETs in flight at once (signals the VM index misses)',
                                        unit='requests')  # fmt: skip
+    shutdown_grace_s: float = _opt(
+        10.0,
+        'on SIGTERM, how long the queue is drained into the sink before exiting (1 if requests were left)',
+        unit='s',
+    )
 
     def validate(self) -> ServiceSettings:
         """Raise SettingsError with one clear message when a value cannot work."""
         if not self.vc_url:
             raise SettingsError('--vc-url / VMWATCH_VC_URL is required')
+        if _has_user_info(self.vc_url):  # checked first: no later message may echo the URL and its password
+            raise SettingsError(
+                '--vc-url must not carry user info (user:password@): use --vc-user and --vc-password-file'
+            )
         if not self.vc_url.startswith(('https://', 'http://')):
             raise SettingsError(f'--vc-url {self.vc_url!r} is not an http(s) URL')
         if not (self.vc_user or self.vc_user_file):
             raise SettingsError('--vc-user or --vc-user-file is required')
         if self.vc_password_file is None:
             raise SettingsError('--vc-password-file / VMWATCH_VC_PASSWORD_FILE is required')
-        for name in ('workers', 'max_wait_s', 'max_object_updates', 'cache_max_entries'):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f'--{name.replace("_", "-")} must be positive, not {getattr(self, name)}')
+        for f in fields(self):
+            if str(f.type) in ('int', 'float'):
+                check_number(f.name, getattr(self, f.name), *_LIMITS.get(f.name, _DEFAULT_LIMITS))
         if self.renew_deadline_s >= self.lease_duration_s:
             raise SettingsError('--renew-deadline-s must be shorter than --lease-duration-s')
         if self.retry_period_s >= self.renew_deadline_s:
             raise SettingsError('--retry-period-s must be shorter than --renew-deadline-s')
-        if not 0 <= self.checkpoint_interval_s < float('inf'):
-            raise SettingsError(f'--checkpoint-interval-s must be 0 (off) or > 0, not {self.checkpoint_interval_s}')
-        if ':' not in self.health_addr:
-            raise SettingsError(f'--health-addr {self.health_addr!r} is not host:port')
+        if self.restart_max_s < self.restart_initial_s:
+            raise SettingsError('--restart-max-s must not be shorter than --restart-initial-s')
+        parse_host_port('--health-addr', self.health_addr)
+        self._check_tls()
+        _check_names(self)
+        return self
+
+    def _check_tls(self) -> None:
+        if self.vc_url.startswith('http://') and not self.vc_insecure:
+            raise SettingsError('a plain http:// --vc-url needs --vc-insecure')
+        if self.vc_insecure and (self.vc_ca_file is not None or self.vc_thumbprint):
+            raise SettingsError('--vc-insecure cannot be combined with --vc-ca-file or --vc-thumbprint')
+        if self.vc_thumbprint and not _HEX64.fullmatch(self.vc_thumbprint.replace(':', '').lower()):
+            raise SettingsError('--vc-thumbprint must be a SHA-256 fingerprint: 64 hex digits, colons optional')
+
+    def check_files(self) -> ServiceSettings:
+        """What validate() cannot see in the values alone: the CA file must load (checked at start)."""
+        check_ca_file('--vc-ca-file', self.vc_ca_file)
         return self
 
     def filter_settings(self) -> FilterSettings:
@@ -287,6 +317,81 @@ class ServiceSettings:
 
     def watch_settings(self) -> WatchSettings:
         return WatchSettings(max_wait_s=self.max_wait_s, max_object_updates=self.max_object_updates)
+
+
+# Bounds of the numeric settings, inclusive: (lowest, highest). Zero, negative, NaN, infinite and absurd values
+# exit 2 at start instead of, e.g., a restart delay of 0 s (hundreds of vCenter logins per second).
+_LIMITS: dict[str, tuple[float, float]] = {
+    'workers': (1, 256),
+    'lease_duration_s': (1.0, 3600.0),
+    'renew_deadline_s': (0.5, 3600.0),
+    'retry_period_s': (0.05, 600.0),
+    'max_wait_s': (1, 3600),  # 0 would make WaitForUpdatesEx a busy poll
+    'max_object_updates': (1, 100_000),
+    'cache_max_entries': (1, 10_000_000),  # ~300 B per VM: 10M is 3 GB
+    'cache_ttl_s': (1.0, 365 * 86400.0),
+    'restart_initial_s': (0.01, 3600.0),
+    'restart_max_s': (0.01, 86400.0),
+    'restart_reset_s': (0.1, 86400.0),
+    'shutdown_grace_s': (0.0, 3600.0),  # 0: exit at once, nothing drained
+    'checkpoint_interval_s': (0.0, 86400.0),  # 0: checkpoints off
+}
+_DEFAULT_LIMITS = (0.0, 1e9)  # a numeric setting added without bounds: at least finite and not negative
+
+
+def check_number(name: str, value: float, low: float, high: float) -> None:
+    """SettingsError unless `value` is finite and within [low, high]; the message names flag, variable and unit."""
+    if not math.isfinite(value) or not low <= value <= high:
+        raise SettingsError(
+            f'--{name.replace("_", "-")} / {_env_name(name)}: {value!r} is out of range (allowed: {low:g} to {high:g})'
+        )
+
+
+def parse_host_port(flag: str, value: str) -> tuple[str, int]:
+    """(host, port) of 'host:port', ':port' or '[v6]:port'; SettingsError when it is not one."""
+    host, sep, port = value.rpartition(':')
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f'{flag} {value!r} is not host:port (port 0 to 65535)')
+    host = host[1:-1] if host.startswith('[') and host.endswith(']') else host
+    if any(c.isspace() or c in '/[]@' for c in host):
+        raise SettingsError(f'{flag} {value!r} is not host:port')
+    return host, int(port)
+
+
+def check_ca_file(flag: str, path: Path | None) -> None:
+    """SettingsError unless `path` (when given) is a readable PEM bundle with at least one certificate."""
+    if path is None:
+        return
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except OSError as e:
+        reason = e.strerror or getattr(e, 'reason', None) or str(e)
+        raise SettingsError(f'{flag} {str(path)!r}: cannot load the CA bundle: {reason}') from None
+
+
+def _has_user_info(url: str) -> bool:
+    try:
+        parts = urlsplit(url if '://' in url else f'https://{url}')
+        return parts.username is not None or parts.password is not None
+    except ValueError:
+        return '@' in url
+
+
+_HEX64 = re.compile(r'[0-9a-f]{64}')
+_DNS_LABEL = re.compile(r'[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?')
+_DNS_SUBDOMAIN = re.compile(r'(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
+_QUALIFIED_NAME = re.compile(r'[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?')
+
+
+def _check_names(s: ServiceSettings) -> None:
+    """Kubernetes names the API would refuse on every write: refused at start instead."""
+    if not _DNS_SUBDOMAIN.fullmatch(s.lease_name):
+        raise SettingsError(f'--lease-name {s.lease_name!r} is not a Kubernetes object name (DNS subdomain)')
+    if s.lease_namespace and not _DNS_LABEL.fullmatch(s.lease_namespace):
+        raise SettingsError(f'--lease-namespace {s.lease_namespace!r} is not a Kubernetes namespace name')
+    prefix, _, name = s.annotation.rpartition('/')
+    if not _QUALIFIED_NAME.fullmatch(name) or (prefix and not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        raise SettingsError(f'--annotation {s.annotation!r} is not an annotation key ([prefix/]name)')
 
 
 def _env_name(name: str) -> str:
@@ -320,10 +425,14 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not MISSING else None
         unit = f' [{meta["unit"]}]' if meta['unit'] else ''
         shown = ','.join(default) if isinstance(default, tuple) else ('' if default is None else default)
-        help_text = f'{meta["help"]}{unit} (default: {shown!s}; env {_env_name(f.name)})'
+        bounds = _LIMITS.get(f.name)
+        allowed = f'; {bounds[0]:g} to {bounds[1]:g}' if bounds and str(f.type) in ('int', 'float') else ''
+        help_text = f'{meta["help"]}{unit} (default: {shown!s}{allowed}; env {_env_name(f.name)})'
         kwargs: dict[str, Any] = {'dest': f.name, 'default': None, 'help': help_text}
         if meta['choices']:
             kwargs['choices'] = meta['choices']
+            if all(c.isupper() for c in meta['choices']):
+                kwargs['type'] = str.upper  # --log-level debug works too
         if str(f.type) == 'bool':
             kwargs.update(nargs='?', const='true')  # `--vc-insecure` alone, or `--leader-elect=false`
         parser.add_argument('--' + f.name.replace('_', '-'), metavar=f.name.split('_')[-1].upper(), **kwargs)
@@ -343,6 +452,8 @@ def load_service_settings(args: argparse.Namespace, environ: Mapping[str, str] |
             continue
         value = _convert(f.name, str(raw), f.type)
         choices = f.metadata['choices']
+        if choices and all(c.isupper() for c in choices):
+            value = value.upper()
         if choices and value not in choices:
             raise SettingsError(
                 f'{_env_name(f.name)} / --{f.name.replace("_", "-")}: {value!r} is not one of {choices}'

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from vmwatch._vmwatch import Signal
-from vmwatch.settings import FilterSettings, SettingsError, WatchSettings, parse_bool
+from vmwatch.settings import FilterSettings, SettingsError, WatchSettings, check_ca_file, check_number, parse_bool
 from vmwatch.types import Kind
 from vmwatch.vsphere import Endpoint, MoRef, VsphereError
 from vmwatch.watcher import Watcher
@@ -126,8 +126,9 @@ def _options(args: argparse.Namespace) -> tuple[Endpoint, dict[MoRef, list[str]]
         )
     except ValueError as e:
         raise SettingsError(f'VMWATCH_MAX_WAIT_S / VMWATCH_MAX_OBJECT_UPDATES: {e}') from None
-    if max_wait < 1 or max_objects < 1:
-        raise SettingsError('--max-wait-s and --max-object-updates must be positive')
+    check_number('max_wait_s', max_wait, 1, 3600)  # the bounds of `vmwatch run`
+    check_number('max_object_updates', max_objects, 1, 100_000)
+    check_ca_file('--ca-file', endpoint.ca_file)
     keys = args.ignore_key or [k for k in _env('VMWATCH_ADDITIONAL_IGNORED_KEYS').split(',') if k.strip()]
     return (
         endpoint,

@@ -39,6 +39,11 @@ ROWS = {
     'A6': 'the work queue is full (max_depth keys)',
     'B1': 'kube-apiserver hangs (SIGSTOP) while signals for an indexed and an unindexed VM arrive',
     'B2': 'vCenter hangs (vcsim SIGSTOPped mid-wait, then SIGCONTed)',
+    'A4': "the stdout sink's reader goes away (EPIPE) or stops reading; SIGTERM while the sink is stuck",
+    'B3': 'zero, negative, NaN, infinite or absurd numeric settings',
+    'B4': 'two replicas: the standby must write nothing (Zone finalizers, sink patches)',
+    'C1': '`vmwatch watch` at DEBUG; a vCenter URL with user:password',
+    'C2': 'bad input to every command (addresses, ports in use, log levels, CA files, numbers)',
 }
 
 

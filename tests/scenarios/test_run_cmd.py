@@ -26,14 +26,15 @@ from vmwatch.vsphere import inventory as inv
 class RunProcess:
     """One `vmwatch run` child process; stdout (JSON lines) and stderr (logs) go to files."""
 
-    def __init__(self, tmp: Path, name: str, env: dict[str, str]) -> None:
+    def __init__(self, tmp: Path, name: str, env: dict[str, str], *, stdout: int | None = None) -> None:
         self.health_port = free_port()
         self.out_path = tmp / f'{name}.out'
         self.err_path = tmp / f'{name}.err'
         self._out: IO[bytes] = self.out_path.open('wb')
         self._err: IO[bytes] = self.err_path.open('wb')
         cmd = [sys.executable, '-m', 'vmwatch.cli', 'run', '--health-addr', f'127.0.0.1:{self.health_port}']
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=self._out, stderr=self._err)
+        out = self._out if stdout is None else stdout  # e.g. the write end of a pipe the test reads (or not)
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=self._err)
 
     @property
     def base(self) -> str:
@@ -92,8 +93,8 @@ def run_env(
     }
     procs: list[RunProcess] = []
 
-    def start(name: str, **extra: str) -> RunProcess:
-        p = RunProcess(tmp_path, name, {**env, **extra})
+    def start(name: str, stdout: int | None = None, **extra: str) -> RunProcess:
+        p = RunProcess(tmp_path, name, {**env, **extra}, stdout=stdout)
         procs.append(p)
         return p
 
@@ -179,7 +180,9 @@ def test_debug_logs_metrics_and_errors_never_show_a_secret(run_env: Any, tmp_pat
     _code, ready = http_get(f'{p.base}/readyz')
     assert p.stop() == 0
     logs = p.err_path.read_text()
-    assert ' DEBUG ' in logs and 'NotAuthenticated' in logs or 'not authenticated' in logs.lower(), logs[-3000:]
+    assert ' DEBUG ' in logs, logs[-3000:]
+    assert 'NotAuthenticated' in logs or 'not authenticated' in logs.lower(), logs[-3000:]
+    assert cookies and good.strip() and wrong  # the secrets looked for are not empty
     for text in (logs, p.out_path.read_text(), metrics, ready):
         for secret in (good.strip(), wrong, *cookies):
             assert secret not in text, f'a secret ({secret[:4]}...) leaked'

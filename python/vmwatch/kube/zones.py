@@ -205,20 +205,37 @@ class ZoneController:
         """Start the Zone cache and (unless `reconcile` is False: the cache alone) the reconcile workers."""
         self._loop = asyncio.get_running_loop()
         self.cache.start()
-        if not reconcile:
-            return self
+        if reconcile:
+            self.start_reconciling()
+        return self
+
+    def start_reconciling(self) -> None:
+        """Start the reconcile workers (idempotent), and reconcile every known Zone.
+
+        Only the Lease holder reconciles (it alone writes finalizers); a standby keeps the cache warm, and
+        the Zones that changed meanwhile wait in the queue (one entry per Zone) for its turn to lead."""
+        if self._tasks:
+            return
         self._tasks = [
             asyncio.create_task(self._worker(), name=f'vmwatch-zone-worker-{i}') for i in range(self.workers)
         ]
-        return self
+        self.requeue_all()
+
+    async def stop_reconciling(self) -> None:
+        """Stop the reconcile workers (the Lease was lost); the cache keeps following the Zones."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def reconciling(self) -> bool:
+        return bool(self._tasks)
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.cache.stop)
         await self.queue.shutdown(drain=False)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.stop_reconciling()
 
     def requeue_all(self) -> None:
         """Reconcile every known Zone again (a new watcher started: it must learn every folder)."""

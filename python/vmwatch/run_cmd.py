@@ -1,0 +1,281 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`vmwatch run`: the full service as a process (settings, health server, Lease, sink, bounded shutdown).
+
+* Bad settings, a bad kubeconfig or a health address that cannot be bound exit 2 with one line.
+* Only the Lease holder writes: it watches, reconciles Zones (finalizers) and runs the sink. A standby keeps
+  its Zone cache and VirtualMachine index warm and writes nothing; when it becomes the holder, its Zone
+  controller reconciles every Zone. Losing the Lease stops all three at once (`Leadership`).
+* A sink that fails makes /readyz 503 and is restarted with backoff; a closed stdout (its reader went away)
+  cannot come back, so the process exits 1.
+* SIGTERM/SIGINT: stop watching, drain the queue into the sink for at most `--shutdown-grace-s`, write the
+  last delivery checkpoint (still holding the Lease), release the Lease, exit (0 when everything was
+  delivered, 1 when requests were left). A watchdog ends the process `_HARD_EXIT_MARGIN_S` after the grace,
+  whatever is stuck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from vmwatch.metrics import HealthServer, Metrics
+from vmwatch.service import Service
+from vmwatch.settings import ServiceSettings, async_signal_disabled
+
+__all__ = ['Leadership', 'Replica', 'add_parser', 'run']
+
+log = logging.getLogger('vmwatch.run')
+
+_HARD_EXIT_MARGIN_S = 5.0
+"""After the grace, cleanup (Lease release, watcher teardown, logout) gets this long before a hard exit."""
+
+
+def add_parser(sub: Any) -> None:
+    from vmwatch.settings import add_service_arguments
+
+    p = sub.add_parser(
+        'run',
+        help='the full service: Zone controller, VirtualMachine index, watcher, enqueue',
+        description='Every setting is a flag and a VMWATCH_* environment variable (flags win). '
+        'ASYNC_SIGNAL_DISABLED=true (or ASYNC_SIGNAL_ENABLED=false) keeps the process up but idle.',
+    )
+    add_service_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: Any) -> int:
+    """Exit 2 with one message for bad settings, a bad kubeconfig or an unusable health address; otherwise run
+    until SIGTERM/SIGINT (exit 0, or 1 when requests were left undelivered or stdout was closed)."""
+    from vmwatch.kube.crds import api_client
+    from vmwatch.logs import configure_logging
+    from vmwatch.settings import SettingsError, load_service_settings, parse_host_port
+
+    try:
+        settings = load_service_settings(args).validate().check_files()
+        disabled = async_signal_disabled()
+        if settings.sink == 'queue':
+            raise SettingsError('--sink queue is for Python code embedding vmwatch.Service; use stdout or annotate')
+        host, port = parse_host_port('--health-addr', settings.health_addr)
+    except SettingsError as e:
+        print(f'vmwatch run: {e}', file=sys.stderr)
+        return 2
+    configure_logging(level=settings.log_level, json_format=settings.log_format == 'json')
+    try:
+        api = api_client(settings.kubeconfig)
+    except Exception as e:  # a malformed kubeconfig raises many types; one clear message is the point
+        print(f'vmwatch run: cannot load the Kubernetes configuration: {type(e).__name__}: {e}', file=sys.stderr)
+        return 2
+    metrics = Metrics()
+    try:  # bound before anything starts, so a port in use is one line and exit 2
+        health = HealthServer(host=host or '0.0.0.0', port=port, metrics=metrics, ready=lambda: (False, 'starting'))
+    except (OSError, OverflowError) as e:
+        print(f'vmwatch run: cannot listen on --health-addr {settings.health_addr}: {e}', file=sys.stderr)
+        api.close()  # type: ignore[no-untyped-call]
+        return 2
+    try:
+        import uvloop
+
+        return int(uvloop.run(_serve(settings, api, disabled, metrics, health)))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        health.close()
+        api.close()  # type: ignore[no-untyped-call]
+
+
+class Leadership:
+    """What only the Lease holder does: watch, reconcile Zones, run the sink. `lead()` is the elector's work
+    (cancelled when the Lease is lost); without leader election it runs for the life of the process."""
+
+    def __init__(self, service: Service, sink: Any, *, metrics: Metrics, lease_name: str) -> None:
+        from vmwatch.kube.sinks import SinkRunner
+
+        self.service = service
+        self.sink: SinkRunner = sink
+        self.metrics = metrics
+        self.lease_name = lease_name
+        self.leading = False
+
+    async def lead(self) -> None:
+        self.metrics.leader.labels(name=self.lease_name).set(1)
+        self.leading = True
+        self.service.zones.start_reconciling()
+        self.sink.start()
+        await self._finalizers_first()
+        self.service.start_watching()
+        try:
+            await asyncio.Event().wait()  # until the Lease is lost or the process stops (this task is cancelled)
+        finally:
+            self.metrics.leader.labels(name=self.lease_name).set(0)
+            # writes first: the request being delivered goes back to the queue, held for the next term
+            await self.sink.stop()
+            await self.service.zones.stop_reconciling()
+            await self.service.stop_watching()
+            self.leading = False
+
+    async def _finalizers_first(self, timeout_s: float = 5.0) -> None:
+        """Give the Zone controller up to `timeout_s` to add the missing finalizers before the watcher gathers
+        its folders (which adds them too): two writers of one Zone's finalizers would meet in a 409."""
+        from vmwatch.kube.zones import finalizers, folder_of, is_deleting
+        from vmwatch.settings import FINALIZER
+
+        cache = self.service.zones.cache
+        deadline = time.monotonic() + timeout_s
+        if not await asyncio.to_thread(cache.wait_synced, timeout_s):
+            return
+        while time.monotonic() < deadline and any(
+            folder_of(z) and not is_deleting(z) and FINALIZER not in finalizers(z) for z in cache.zones()
+        ):
+            await asyncio.sleep(0.02)
+
+
+def _hard_exit_after(delay_s: float) -> None:
+    """A daemon timer that ends the process if the shutdown has not finished after `delay_s`."""
+
+    def fire() -> None:
+        log.error('shutdown did not finish within %.1f s: exiting now', delay_s)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(delay_s, fire)
+    timer.daemon = True
+    timer.start()
+
+
+class Replica:
+    """One `vmwatch run` process's parts: the service, its sink, the Lease elector and the Leadership gating
+    every write. `start()` campaigns (or leads at once without leader election); `stop()` drains and stops."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        api: Any,
+        *,
+        metrics: Metrics,
+        disabled: bool,
+        on_closed: Callable[[BaseException], None] | None = None,
+        identity: str | None = None,
+    ) -> None:
+        from vmwatch.kube.leader import LeaderElector, LeaseSettings
+        from vmwatch.kube.sinks import AnnotateSink, SinkRunner, StdoutSink
+
+        self.settings = settings
+        # with leader election, the Zone controller runs only while this replica holds the Lease (Leadership)
+        self.service = Service(
+            settings, api=api, metrics=metrics, disabled=disabled, zone_controller=not settings.leader_elect
+        )
+        sink = AnnotateSink(api, annotation=settings.annotation, workers=settings.workers) \
+            if settings.sink == 'annotate' else StdoutSink()  # fmt: skip
+        self.sinks = SinkRunner(sink, self.service.queue, on_closed=on_closed, on_failure=metrics.sink_failures.inc)
+        self.leadership = Leadership(self.service, self.sinks, metrics=metrics, lease_name=settings.lease_name)
+        self.elector: LeaderElector | None = None
+        if settings.leader_elect:
+            self.elector = LeaderElector(
+                api,
+                namespace=settings.resolved_lease_namespace(),
+                name=settings.lease_name,
+                identity=identity,
+                settings=LeaseSettings(
+                    lease_duration_s=settings.lease_duration_s,
+                    renew_deadline_s=settings.renew_deadline_s,
+                    retry_period_s=settings.retry_period_s,
+                ),
+                on_new_leader=metrics.set_lease_holder,
+            )
+        self._task: asyncio.Task[None] | None = None
+        self._stopped: bool | None = None  # stop()'s result once it ran
+
+    def ready(self) -> tuple[bool, str]:
+        ok, reason = self.sinks.ready()
+        if not ok:
+            return ok, reason
+        if self.elector is not None and not self.elector.is_leader:
+            return True, f'standby: not the leader (holder: {self.elector.leader or "none"})'
+        return self.service.ready()
+
+    async def start(self, *, release: bool = True) -> None:
+        """Start the caches (every replica keeps them warm) and campaign for the Lease (`release=False`: the
+        Lease is kept on stop and expires, as after a crash)."""
+        await self.service.start()
+        lead = self.leadership.lead
+        work = self.elector.run(lead, release=release) if self.elector is not None else lead()
+        self._task = asyncio.create_task(work, name='vmwatch-lead')
+
+    async def stop(self, *, grace_s: float = 0.0) -> bool:
+        """Stop watching, drain the queue into the sink for at most `grace_s` (only the holder runs a sink),
+        step down and stop (once). True when no request was left undelivered."""
+        if self._stopped is not None:
+            return self._stopped
+        self._stopped = False
+        leading = self.service.active
+        await self.service.stop_watching()  # no new requests
+        delivered = await _drain(self.service, self.sinks, grace_s)
+        if leading:  # still the Lease holder: the last checkpoint records the deliveries of the drain
+            await self.service.save_checkpoint()
+        if self._task is not None:
+            if self.elector is not None:
+                self.elector.stop()  # cancels lead() and releases the Lease
+            else:
+                self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.sinks.stop()
+        await self.service.stop()
+        self._stopped = delivered
+        return delivered
+
+
+async def _serve(settings: ServiceSettings, api: Any, disabled: bool, metrics: Metrics, health: HealthServer) -> int:
+    import signal as signals
+
+    exit_code = 0
+    stop = asyncio.Event()
+
+    def closed(e: BaseException) -> None:
+        nonlocal exit_code
+        exit_code = 1
+        stop.set()
+
+    replica = Replica(settings, api, metrics=metrics, disabled=disabled, on_closed=closed)
+    health.ready, health.before_scrape = replica.ready, replica.service.refresh_metrics
+    health.start()
+    log.info('health and metrics on %s:%d', *health.address)
+    loop = asyncio.get_running_loop()
+    for sig in (signals.SIGTERM, signals.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await replica.start()
+    try:
+        await stop.wait()
+    finally:
+        _hard_exit_after(settings.shutdown_grace_s + _HARD_EXIT_MARGIN_S)
+        log.info('stopping: draining the queue for at most %.1f s', settings.shutdown_grace_s)
+        if not await replica.stop(grace_s=settings.shutdown_grace_s):
+            exit_code = 1
+    return exit_code
+
+
+async def _drain(service: Service, sinks: Any, grace_s: float) -> bool:
+    """Hand what is queued to the sink for at most `grace_s`; True when nothing was left undelivered."""
+    queue = service.queue
+    started = time.monotonic()
+    delivered = True
+    if sinks.running and grace_s > 0:
+        try:
+            await asyncio.wait_for(queue.shutdown(drain=True), timeout=grace_s)
+        except TimeoutError:
+            delivered = False
+    left = queue.depth + queue.in_flight
+    delivered = delivered and left == 0
+    if not delivered and not sinks.running:
+        log.warning('%d requests not delivered (no sink runs: %s): dropped', left, sinks.ready()[1])
+    elif not delivered:
+        log.warning('%d requests not delivered within the %.1f s shutdown grace: dropped', left, grace_s)
+    elif grace_s > 0:
+        log.info('queue drained in %.2f s', time.monotonic() - started)
+    await queue.shutdown(drain=False)
+    return delivered
