@@ -277,6 +277,8 @@ class ServiceSettings:
             raise SettingsError('--renew-deadline-s must be shorter than --lease-duration-s')
         if self.retry_period_s >= self.renew_deadline_s:
             raise SettingsError('--retry-period-s must be shorter than --renew-deadline-s')
+        if 0 < self.checkpoint_interval_s < 1:
+            raise SettingsError('--checkpoint-interval-s must be 0 (off) or at least 1 s (a ConfigMap write each time)')
         if self.restart_max_s < self.restart_initial_s:
             raise SettingsError('--restart-max-s must not be shorter than --restart-initial-s')
         parse_host_port('--health-addr', self.health_addr)
@@ -334,7 +336,9 @@ _LIMITS: dict[str, tuple[float, float]] = {
     'restart_max_s': (0.01, 86400.0),
     'restart_reset_s': (0.1, 86400.0),
     'shutdown_grace_s': (0.0, 3600.0),  # 0: exit at once, nothing drained
-    'checkpoint_interval_s': (0.0, 86400.0),  # 0: checkpoints off
+    'checkpoint_interval_s': (0.0, 86400.0),  # 0: checkpoints off; else at least 1 s (validate)
+    'kube_timeout_s': (0.1, 600.0),
+    'validation_concurrency': (1, 1024),
 }
 _DEFAULT_LIMITS = (0.0, 1e9)  # a numeric setting added without bounds: at least finite and not negative
 
