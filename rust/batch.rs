@@ -30,7 +30,7 @@
 use crate::cache::{CacheStats, FpCache, Props, MAX_PATHS};
 use crate::decode::{decode, DecodeOptions, Decoded, Missing, ObjectUpdate, SoapFault, UpdateSet};
 use crate::decode::{KIND_ENTER, KIND_LEAVE};
-use crate::durable::{self, Durable, UNDELIVERED};
+use crate::durable::{self, Durable, FIRST_PENDING, UNDELIVERED};
 use crate::errors::{Result, VmwatchError};
 use crate::filter::{parse_namespaced_name, Filter, EXTRA_CONFIG_KEYED_PREFIX, EXTRA_CONFIG_PATH};
 use crate::index::{Index, IndexInner};
@@ -440,7 +440,11 @@ impl Decider {
                     self.durable.remove(key);
                     out.skipped.unmanaged += 1;
                 } else {
-                    self.durable.pending(key);
+                    if up.new && kind == KIND_ENTER {
+                        self.durable.first_pending(key); // resolve() applies step F as without records
+                    } else {
+                        self.durable.pending(key);
+                    }
                     out.pending.push(Pending {
                         moref: moref.to_owned(),
                         kind,
@@ -513,7 +517,8 @@ impl Decider {
         }
         let digest = self.digest(slot);
         // step F, unless a record says what was delivered differs (or never got out)
-        if kind == KIND_ENTER && l.verified && self.durable.get(key).map_or(true, |d| d == digest) {
+        let record = self.durable.get(key);
+        if kind == KIND_ENTER && l.verified && record.map_or(true, |d| d == digest || d == FIRST_PENDING) {
             self.durable.deliver(key, digest);
             return None;
         }

@@ -25,6 +25,9 @@ use xxhash_rust::xxh3::xxh3_64;
 pub const RECORD: usize = 16;
 /// A VM whose request has not been delivered yet.
 pub const UNDELIVERED: u64 = 0;
+/// A VM sighted for the first time whose name fetch is still owed: nothing was delivered and nothing is owed
+/// beyond that fetch (the reference's step F still applies to it). Never written to a checkpoint.
+pub const FIRST_PENDING: u64 = 1;
 
 /// The record key of a MoRef value.
 pub fn moref_key(moref: &str) -> u64 {
@@ -44,11 +47,11 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// The digest of a VM's state from its non-null `(path_key, fingerprint)` pairs, in any order.
-/// Never [`UNDELIVERED`].
+/// Never one of the markers ([`UNDELIVERED`], [`FIRST_PENDING`]).
 pub fn digest(pairs: impl Iterator<Item = (u64, u64)>) -> u64 {
     let d = pairs.fold(0u64, |acc, (p, fp)| acc.wrapping_add(mix(p ^ fp.rotate_left(29))));
-    if d == UNDELIVERED {
-        1
+    if d <= FIRST_PENDING {
+        d + 2
     } else {
         d
     }
@@ -115,6 +118,13 @@ impl Durable {
         }
     }
 
+    /// A first sighting waits for its name fetch (see [`FIRST_PENDING`]).
+    pub fn first_pending(&mut self, key: u64) {
+        if !self.records.contains_key(&key) {
+            self.insert(key, FIRST_PENDING);
+        }
+    }
+
     /// Whatever was delivered, the VM must be signalled again (a failure between decision and queue).
     pub fn undeliver(&mut self, key: u64) {
         if let Some(v) = self.records.get_mut(&key) {
@@ -157,7 +167,12 @@ impl Durable {
 
     /// Every record, sorted by key, as the checkpoint's bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut recs: Vec<(u64, u64)> = self.records.iter().map(|(&k, &v)| (k, v)).collect();
+        let mut recs: Vec<(u64, u64)> = self
+            .records
+            .iter()
+            .filter(|&(_, &v)| v != FIRST_PENDING)
+            .map(|(&k, &v)| (k, v))
+            .collect();
         recs.sort_unstable();
         let mut out = Vec::with_capacity(recs.len() * RECORD);
         for (k, v) in recs {
@@ -204,7 +219,7 @@ mod tests {
         assert_ne!(a, digest([(1, 10), (2, 21), (3, 30)].into_iter()));
         // the same fingerprint under another path is another state
         assert_ne!(digest([(1, 10), (2, 20)].into_iter()), digest([(1, 20), (2, 10)].into_iter()));
-        assert_ne!(digest(std::iter::empty()), UNDELIVERED);
+        assert!(digest(std::iter::empty()) > FIRST_PENDING);
     }
 
     #[test]
@@ -214,6 +229,7 @@ mod tests {
         d.pending(2);
         d.deliver(3, 33);
         d.undeliver(3);
+        d.first_pending(4); // not written
         let blob = d.encode();
         assert_eq!(blob.len(), 3 * RECORD);
         let mut e = Durable::new(100);
