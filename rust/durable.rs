@@ -153,7 +153,8 @@ impl Durable {
             )));
         }
         let n = blob.len() / RECORD;
-        self.records.reserve(n.min(self.max_records.saturating_sub(self.records.len())));
+        self.records
+            .reserve(n.min(self.max_records.saturating_sub(self.records.len())));
         for rec in blob.chunks_exact(RECORD) {
             let key = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
             let value = u64::from_le_bytes(rec[8..].try_into().unwrap_or_default());
@@ -218,7 +219,10 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, digest([(1, 10), (2, 21), (3, 30)].into_iter()));
         // the same fingerprint under another path is another state
-        assert_ne!(digest([(1, 10), (2, 20)].into_iter()), digest([(1, 20), (2, 10)].into_iter()));
+        assert_ne!(
+            digest([(1, 10), (2, 20)].into_iter()),
+            digest([(1, 20), (2, 10)].into_iter())
+        );
         assert!(digest(std::iter::empty()) > FIRST_PENDING);
     }
 
@@ -234,7 +238,10 @@ mod tests {
         assert_eq!(blob.len(), 3 * RECORD);
         let mut e = Durable::new(100);
         assert_eq!(e.load(&blob).unwrap(), 3);
-        assert_eq!((e.get(1), e.get(2), e.get(3)), (Some(11), Some(UNDELIVERED), Some(UNDELIVERED)));
+        assert_eq!(
+            (e.get(1), e.get(2), e.get(3)),
+            (Some(11), Some(UNDELIVERED), Some(UNDELIVERED))
+        );
         e.sighted(1);
         assert_eq!(e.end_initial_sync(), 2);
         assert_eq!((e.get(1), e.get(2)), (Some(11), None));
