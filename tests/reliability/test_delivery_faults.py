@@ -58,6 +58,7 @@ async def test_a_signal_never_handed_on_is_signalled_by_the_next_watcher(
         await asyncio.to_thread(terminate, admin, session)
         await asyncio.wait_for(w1.wait_closed(), 30)
     assert w1.error is not None  # NotAuthenticated: the watcher is gone with its undelivered signal
+    await asyncio.to_thread(session.logout)  # the terminated session's connections are closed all the same
 
     session2 = Session(endpoint)
     await asyncio.to_thread(session2.login)
