@@ -10,6 +10,7 @@
 //! Every error carries the byte offset where the offending construct starts; no input can make
 //! it panic, recurse or loop, and memory stays proportional to the nesting depth.
 
+use crate::errors::quote;
 use memchr::{memchr, memchr2, memchr3, memmem};
 
 /// A token; every slice borrows from the input.
@@ -130,7 +131,7 @@ impl<'a> Tokenizer<'a> {
                 if let Some(name) = self.open.last() {
                     return Err(err(
                         "xml_syntax",
-                        format!("unexpected end of document inside <{}>", String::from_utf8_lossy(name)),
+                        format!("unexpected end of document inside <{}>", quote(name)),
                         start,
                     ));
                 }
@@ -220,11 +221,7 @@ impl<'a> Tokenizer<'a> {
             }
             Some(open) => Err(err(
                 "xml_syntax",
-                format!(
-                    "end tag </{}> does not match <{}>",
-                    String::from_utf8_lossy(name),
-                    String::from_utf8_lossy(open)
-                ),
+                format!("end tag </{}> does not match <{}>", quote(name), quote(open)),
                 start,
             )),
             None => Err(err("xml_syntax", "end tag without start tag", start)),
@@ -513,6 +510,14 @@ mod tests {
         assert!(toks(&el(MAX_NAME_LEN)).is_ok());
         let e = toks(&el(MAX_NAME_LEN + 1)).unwrap_err();
         assert_eq!((e.kind, e.offset), ("too_long", 3));
+    }
+
+    #[test]
+    fn messages_quote_little_of_the_input() {
+        let long = "n".repeat(50 << 20);
+        let e = toks(&format!("<a></{long}>")).unwrap_err();
+        assert!(e.msg.len() < 300, "{}", e.msg.len());
+        assert!(e.msg.contains("(52428800 bytes)"));
     }
 
     #[test]
