@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,16 @@ class Metrics:
         )
 
         self._queues: dict[str, tuple[WorkQueue, dict[str, int]]] = {}
+        # what a response carried that the watcher could not use (vmwatch/problems.py)
+        self.bad_object_updates = Counter(
+            'vmwatch_bad_object_updates', 'Object updates skipped because they could not be decoded.', registry=r
+        )
+        self.missing_properties = Counter(
+            'vmwatch_missing_properties',
+            'missingSet entries: properties (or objects) vCenter could not report, by fault type.',
+            ['fault'],
+            registry=r,
+        )
 
     def watch_queue(self, name: str, queue: WorkQueue) -> None:
         """Export `queue` as client-go's workqueue_* series with label name=`name`: latencies and work
@@ -116,6 +126,21 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def observe_problems(self, stats: Mapping[str, int], seen: dict[str, int]) -> None:
+        """Copy a watcher's `bad_updates` and `missing_<fault>` counts (vmwatch/problems.py) into their
+        counters. `seen` holds the values copied before from the same watcher (updated here)."""
+        for key, value in list(stats.items()):  # one C call: the watcher may add keys meanwhile
+            if key == 'bad_updates':
+                counter = self.bad_object_updates
+            elif key.startswith('missing_'):
+                counter = self.missing_properties.labels(fault=key.removeprefix('missing_'))
+            else:
+                continue
+            delta = value - seen.get(key, 0)
+            if delta > 0:
+                counter.inc(delta)
+                seen[key] = value
 
 
 class HealthServer:

@@ -36,6 +36,7 @@ from vmwatch._vmwatch import (
     VmwatchError,
     parse_namespaced_name,
 )
+from vmwatch.problems import PROBLEMS
 from vmwatch.settings import FilterSettings, WatchSettings, async_signal_disabled
 from vmwatch.vsphere import (
     Collector,
@@ -572,8 +573,8 @@ class Watcher:
         st['changes'] += batch.changes
         for reason, n in batch.skipped.items():
             st[f'skipped_{reason}'] += n
-        for moref, path, fault in batch.missing:
-            log.debug('missing %s %s: %s', moref, path, fault)
+        # undecodable object updates (skipped, their VMs forgotten) and what vCenter could not report
+        PROBLEMS.report(bad=batch.bad, missing=batch.missing, stats=st, scope=id(self.decider))
         for signal in batch.signals:
             await self._put(signal)
         if batch.pending:
