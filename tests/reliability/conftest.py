@@ -35,6 +35,9 @@ ROWS = {
     'i': 'a Zone naming a folder that does not exist',
     'j': 'CRDs missing at startup, installed later',
     'z': 'nothing lost: seeded random mix of changes, ignored-only changes and faults',
+    'A5': 'one undecodable object update in a WaitForUpdatesEx response',
+    'A7': 'vCenter cannot report a property of a VM (missingSet)',
+    'C3': 'hostile input: a response over the size cap, a 50 MB value, a gzip bomb',
 }
 
 
