@@ -734,11 +734,22 @@ impl<'a, 'f> Parser<'a, 'f> {
             Err(e) if self.broken => return Err(e),
             Err(e) => e,
         };
-        let b = self.bad_update(e)?;
-        // entities in skipped text are not checked: the element is discarded anyway
+        let mut b = self.bad_update(e)?;
+        // Skip the rest (entities in skipped text are not checked: the element is discarded anyway). An
+        // `obj` still ahead names the object, so that its VM can be forgotten too.
         while self.depth() >= depth {
-            if let Tok::Eof = self.next()? {
-                return Err(self.err("xml_syntax", "unexpected end of document"));
+            match self.next()? {
+                Tok::Start { name, empty: false, .. }
+                    if b.moref.is_none() && self.depth() == depth + 1 && local(name) == b"obj" =>
+                {
+                    match self.read_text() {
+                        Ok(m) if !m.is_empty() && m.len() <= MAX_MOREF_LEN => b.moref = Some(m),
+                        Err(e) if self.broken => return Err(e),
+                        _ => {} // no usable name: the update stays anonymous
+                    }
+                }
+                Tok::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
+                _ => {}
             }
         }
         bad.push(b);
@@ -1220,16 +1231,19 @@ mod tests {
     fn every_kind_of_per_object_error_is_skipped() {
         let cases = [
             (
+                // the obj after the error still names the object
                 "<kind>modify</kind><kind>leave</kind><obj>vm-9</obj>",
                 "unexpected_element",
-                None,
+                Some("vm-9"),
             ),
             (
                 "<kind>modify</kind><obj>vm-9</obj><obj>vm-8</obj>",
                 "unexpected_element",
                 Some("vm-9"),
             ),
-            ("<kind>sideways</kind><obj>vm-9</obj>", "invalid_value", None),
+            ("<kind>sideways</kind><obj>vm-9</obj>", "invalid_value", Some("vm-9")),
+            ("<kind>sideways</kind><x><obj>vm-9</obj></x>", "invalid_value", None),
+            ("<kind>sideways</kind><obj>vm-<b/>9</obj>", "invalid_value", None),
             ("<obj>vm-9</obj>", "invalid_value", Some("vm-9")),
             ("<kind>modify</kind>", "invalid_value", None),
             (
