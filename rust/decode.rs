@@ -933,13 +933,13 @@ impl<'a, 'f> Parser<'a, 'f> {
         if change.path == EXTRA_CONFIG_PATH {
             let out = self.enc.extra_config(self.filter, self.opts.kept_keys);
             change.fp = Some(out.fp);
-            change.name = Some(out.name);
+            change.name = Some(kube_name(out.name));
             change.kept_keys = out.kept_keys;
         } else if change.path == DEVICE_PATH {
             change.fp = Some(self.enc.devices());
         } else if let Some(key) = keyed_extra_config_key(&change.path) {
             if key.as_bytes() == self.filter.name_key() {
-                change.name = Some(self.enc.top_name(self.filter));
+                change.name = Some(kube_name(self.enc.top_name(self.filter)));
             }
             if !self.filter.is_ignored(key.as_bytes()) {
                 change.fp = Some(self.enc.fingerprint());
@@ -1007,6 +1007,16 @@ impl<'a, 'f> Parser<'a, 'f> {
             }
         }
     }
+}
+
+/// Longest Kubernetes namespace (a DNS label) and object name (a DNS subdomain).
+const MAX_NAMESPACE_LEN: usize = 63;
+const MAX_NAME_LEN: usize = 253;
+
+/// A `namespace/name` that no Kubernetes object can have (too long) is no name: the fingerprint cache
+/// remembers each VM's name, and must not keep megabytes a hostile extraConfig value put there.
+fn kube_name(n: Option<(String, String)>) -> Option<(String, String)> {
+    n.filter(|(ns, name)| ns.len() <= MAX_NAMESPACE_LEN && name.len() <= MAX_NAME_LEN)
 }
 
 /// Re-export for errors built outside the parser.
@@ -1389,5 +1399,27 @@ mod tests {
             panic!()
         };
         assert!(f.fault_type.len() <= 300 && f.message.len() <= MAX_FAULT_MESSAGE + 30);
+    }
+
+    #[test]
+    fn names_no_kubernetes_object_can_have_are_no_names() {
+        let named = |v: &str| {
+            let val = format!(
+                "<val xsi:type=\"ArrayOfOptionValue\"><OptionValue xsi:type=\"OptionValue\"><key>{DEFAULT_NAME_KEY}</key>\
+                 <value xsi:type=\"xsd:string\">{v}</value></OptionValue></val>"
+            );
+            let b = sets(&obj(
+                "vm-1",
+                &format!("<changeSet><name>config.extraConfig</name><op>assign</op>{val}</changeSet>"),
+            ));
+            lenient(b.as_bytes()).unwrap().objects[0].changes[0]
+                .name
+                .clone()
+                .unwrap()
+        };
+        let ok = format!("{}/{}", "n".repeat(63), "m".repeat(253));
+        assert_eq!(named(&ok), Some(("n".repeat(63), "m".repeat(253))));
+        assert_eq!(named(&format!("{}/b", "n".repeat(64))), None);
+        assert_eq!(named(&format!("a/{}", "m".repeat(10 << 20))), None);
     }
 }
