@@ -622,3 +622,21 @@ def test_the_raw_wait_refuses_a_response_over_its_size_cap(tmp_path: Path, chunk
         over.close()
     finally:
         server.close()
+
+
+@pytest.mark.parametrize('stats', [False, True], ids=['records', 'stats'])
+def test_vmwatch_decode_stays_strict_on_a_bad_object_update(tmp_path: Path, stats: bool) -> None:
+    # the watcher skips it; the checker reports it (design.md: exit 2 naming the file and the byte offset)
+    path = tmp_path / 'bad.xml'
+    body = doc(object_set(b'vm-1', power()), object_set(b'vm-2', power()).replace(b'modify', b'sideways'))
+    path.write_bytes(body)
+    args = [str(path), *(['--stats'] if stats else [])]
+    proc = subprocess.run([sys.executable, '-c', GZIP_CHILD, *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ''
+    line, _peak = proc.stderr.splitlines()
+    offset = body.index(b'</kind>', body.index(b'sideways'))
+    assert line == (
+        f'vmwatch decode: {path}: malformed response at byte offset {offset}: invalid update kind "sideways" '
+        f'at byte offset {offset} (object vm-2)'
+    )
