@@ -270,11 +270,11 @@ impl Decider {
 
     /// Decide an already decoded update set.
     pub fn decide_set(&mut self, set: UpdateSet, index: &Index) -> Batch {
-        // A skipped (bad) object update may have carried a change: forget its VM, so that its next
-        // good update (or one later in this batch) is a first sighting that signals.
+        // A skipped (bad) object update may have carried a change: forget its VM (the cache entry, and
+        // what was delivered), so that its next good update (or one later in this batch) signals.
         for b in &set.bad {
             if let Some(moref) = &b.moref {
-                self.cache.remove(moref);
+                self.forget(moref);
             }
         }
         let now = self.now();

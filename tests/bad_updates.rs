@@ -74,3 +74,26 @@ fn a_bad_update_is_reported_and_its_vm_forgotten() {
     assert_eq!(third.skipped.unchanged, 1);
     assert!(third.bad.is_empty());
 }
+
+#[test]
+fn a_bad_update_after_a_delivered_request_is_still_owed() {
+    // what was delivered is forgotten too: the bad update may have carried a change the controller never saw,
+    // so even an update back to the delivered state signals (a duplicate is cheaper than a lost change)
+    let ix = Index::new();
+    ix.upsert("ns", "a", "vm-1", false, 0);
+    let mut d = Decider::new(DeciderConfig {
+        watched_paths: vec!["summary.runtime.powerState".into()],
+        filter: Filter::new(None::<Vec<String>>, DEFAULT_NAME_KEY),
+        cache_max_entries: 100,
+        cache_ttl_s: 3600.0,
+        signal_on_leave: false,
+    })
+    .unwrap();
+    let first = decide(&mut d, &ix, &body(&obj("vm-1", "off", "assign")));
+    let [s] = &first.signals[..] else { panic!("{first:?}") };
+    d.delivered("vm-1", s.digest);
+    let second = decide(&mut d, &ix, &body(&obj("vm-1", "on", "bogus")));
+    assert_eq!((second.signals.len(), second.bad.len()), (0, 1));
+    let third = decide(&mut d, &ix, &body(&obj("vm-1", "off", "assign")));
+    assert_eq!(signalled(&third), ["vm-1"]);
+}
