@@ -14,9 +14,11 @@
 //! One bad object update does not cost the others (spec 7.2 #3): an error inside an `objectSet`
 //! (or a filter-level `missingSet`) while the XML itself is still well-formed skips to the end of
 //! that element and is recorded as a [`BadUpdate`]; decoding goes on with the next one. What
-//! cannot be skipped is an error of the envelope: not UTF-8, not XML (any tokenizer error, the
-//! hostile-input limits included: the element cannot be delimited then), no SOAP Body, two
-//! Bodies, or a structure error outside every objectSet. [`decode_strict`] turns the first bad
+//! cannot be skipped is an error of the envelope: not UTF-8, not XML (a tokenizer error other
+//! than a broken limit: the element cannot be delimited then), no SOAP Body, two Bodies, or any
+//! error outside every objectSet. A broken limit (nesting, attribute size or count, name length)
+//! inside an objectSet skips it: the tokenizer reads the offending tag whole, and counts elements
+//! nested beyond the limit instead of keeping them. [`decode_strict`] turns the first bad
 //! update into the error (the stateless `vmwatch decode`). A repeated element that would make an
 //! update ambiguous (`obj`, `kind`, a change's `name`, `op` or `val`, the set's `version` or
 //! `truncated`, a second response in the Body) is an error, never last-one-wins.
@@ -153,17 +155,25 @@ pub struct DecodeOptions {
 /// Decode one body. Object updates that cannot be decoded are skipped and listed in
 /// [`UpdateSet::bad`]; only an undecodable envelope is an error.
 pub fn decode(body: &[u8], filter: &Filter, opts: DecodeOptions) -> Result<Decoded> {
-    check_chars(body)?;
-    let mut p = Parser::new(body, filter, opts);
-    p.document().map_err(|e| p.locate(e))
+    decode_with_first_bad(body, filter, opts).0
 }
 
-/// As [`decode`], but the first bad object update is the error (nothing is skipped).
+/// As [`decode`], but the first bad object update is the error (even when the envelope turns out
+/// undecodable after it: the first problem in document order is the one reported).
 pub fn decode_strict(body: &[u8], filter: &Filter, opts: DecodeOptions) -> Result<Decoded> {
-    match decode(body, filter, opts)? {
-        Decoded::Update(mut set) if !set.bad.is_empty() => Err(set.bad.swap_remove(0).into()),
-        other => Ok(other),
+    match decode_with_first_bad(body, filter, opts) {
+        (_, Some(first)) => Err(first.into()),
+        (r, None) => r,
     }
+}
+
+fn decode_with_first_bad(body: &[u8], filter: &Filter, opts: DecodeOptions) -> (Result<Decoded>, Option<BadUpdate>) {
+    if let Err(e) = check_chars(body) {
+        return (Err(e), None);
+    }
+    let mut p = Parser::new(body, filter, opts);
+    let r = p.document().map_err(|e| p.locate(e));
+    (r, p.first_bad.take())
 }
 
 /// The whole body is UTF-8 and free of NUL bytes (XML allows neither): checked once, up front,
@@ -239,7 +249,10 @@ struct Parser<'a, 'f> {
     enc: ValueEncoder,
     cur_moref: Option<String>,
     cur_path: Option<String>,
-    /// The tokenizer failed: the XML is not well-formed (or broke a limit), nothing can be skipped.
+    /// The first bad object update (for [`decode_strict`]).
+    first_bad: Option<BadUpdate>,
+    /// The tokenizer failed: the XML is not well-formed, nothing can be skipped. (A broken limit,
+    /// such as nesting or attribute size, does not count: the tokenizer reads such a tag whole.)
     broken: bool,
 }
 
@@ -259,6 +272,7 @@ impl<'a, 'f> Parser<'a, 'f> {
             cur_moref: None,
             cur_path: None,
             broken: false,
+            first_bad: None,
         }
     }
 
@@ -296,7 +310,8 @@ impl<'a, 'f> Parser<'a, 'f> {
         let t = match self.tok.next_tok() {
             Ok(t) => t,
             Err(e) => {
-                self.broken = true;
+                // a broken limit leaves the tokenizer able to go on: the caller may skip the element
+                self.broken |= !e.recoverable;
                 return Err(VmwatchError::decode(e.kind, e.msg, e.offset));
             }
         };
@@ -711,7 +726,8 @@ impl<'a, 'f> Parser<'a, 'f> {
                 }
                 b"objectSet" => {
                     let e = p.err("invalid_value", "empty objectSet");
-                    set.bad.push(p.bad_update(e)?);
+                    let b = p.bad_update(e)?;
+                    p.push_bad(&mut set.bad, b);
                 }
                 b"missingSet" if !empty => {
                     if let Some((moref, fault)) = p.recover(&mut set.bad, |p| p.missing_set(b"obj", MAX_MOREF_LEN))? {
@@ -735,10 +751,28 @@ impl<'a, 'f> Parser<'a, 'f> {
             Err(e) => e,
         };
         let mut b = self.bad_update(e)?;
-        // Skip the rest (entities in skipped text are not checked: the element is discarded anyway). An
-        // `obj` still ahead names the object, so that its VM can be forgotten too.
+        let skipped = self.skip_bad(depth, &mut b);
+        if skipped.is_err() && self.first_bad.is_none() {
+            // the envelope is undecodable after all, but this came first (decode_strict reports it)
+            self.first_bad = Some(b);
+            return skipped.map(|()| None);
+        }
+        skipped?;
+        self.push_bad(bad, b);
+        Ok(None)
+    }
+
+    /// Skip the rest of the element open at `depth` (entities in skipped text are not checked: the
+    /// element is discarded anyway). An `obj` still ahead names the object, so that its VM can be
+    /// forgotten too.
+    fn skip_bad(&mut self, depth: usize, b: &mut BadUpdate) -> Result<()> {
         while self.depth() >= depth {
-            match self.next()? {
+            let t = match self.next() {
+                Ok(t) => t,
+                Err(e) if self.broken => return Err(e),
+                Err(_) => continue, // a limit broken inside the skipped element (it is counted, not kept)
+            };
+            match t {
                 Tok::Start { name, empty: false, .. }
                     if b.moref.is_none() && self.depth() == depth + 1 && local(name) == b"obj" =>
                 {
@@ -752,8 +786,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                 _ => {}
             }
         }
-        bad.push(b);
-        Ok(None)
+        Ok(())
     }
 
     /// A decoder error inside an object update as a [`BadUpdate`] (other errors pass through).
@@ -771,6 +804,14 @@ impl<'a, 'f> Parser<'a, 'f> {
             }),
             other => Err(other),
         }
+    }
+
+    /// Record a bad update (the first one is kept for [`decode_strict`]).
+    fn push_bad(&mut self, bad: &mut Vec<BadUpdate>, b: BadUpdate) {
+        if self.first_bad.is_none() {
+            self.first_bad = Some(b.clone());
+        }
+        bad.push(b);
     }
 
     /// A `MissingObject` (`what` is `obj`) or `MissingProperty` (`what` is `path`): that
@@ -1327,20 +1368,17 @@ mod tests {
                 sets(&format!("<objectSet><kind>modify</obj></objectSet>{good}")),
             ),
             (
-                "too deep",
-                sets(&format!(
-                    "<objectSet>{}{}</objectSet>{good}",
-                    "<a>".repeat(300),
-                    "</a>".repeat(300)
-                )),
+                "too deep outside the objectSets",
+                sets(&good).replace(
+                    "<filterSet>",
+                    &format!("{}{}<filterSet>", "<a>".repeat(300), "</a>".repeat(300)),
+                ),
             ),
             (
-                "long attribute",
-                sets(&format!(
-                    "<objectSet><obj x=\"{}\">vm-2</obj></objectSet>{good}",
-                    "v".repeat(70_000)
-                )),
+                "deep and then broken",
+                sets(&format!("<objectSet>{}</b></objectSet>{good}", "<a>".repeat(300))),
             ),
+            ("deep to the end", sets(&format!("<objectSet>{}", "<a>".repeat(300)))),
             ("text in filterSet", sets(&format!("{good}stray"))),
             ("two bodies", sets(&good).replace("</S:Body>", "</S:Body><S:Body/>")),
             (
@@ -1364,6 +1402,63 @@ mod tests {
             ),
         ] {
             assert!(lenient(b.as_bytes()).is_err(), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_broken_limit_inside_an_object_update_skips_it() {
+        let good = obj("vm-1", &power("on"));
+        let deep = |n: usize| format!("<val>{}x{}</val>", "<a>".repeat(n), "</a>".repeat(n));
+        let change = |v: &str| format!("<changeSet><name>config.name</name><op>assign</op>{v}</changeSet>");
+        for (what, bad, kind) in [
+            ("too deep", obj("vm-2", &change(&deep(300))), "too_deep"),
+            ("far too deep", obj("vm-2", &change(&deep(1_000_000))), "too_deep"),
+            (
+                "deep empty element",
+                obj(
+                    "vm-2",
+                    &change(&format!("<val>{}<e/>{}</val>", "<a>".repeat(248), "</a>".repeat(248))),
+                ),
+                "too_deep",
+            ),
+            (
+                "long attribute",
+                obj("vm-2", &change(&format!("<val x=\"{}\">1</val>", "v".repeat(70_000)))),
+                "too_long",
+            ),
+            (
+                "long name",
+                obj("vm-2", &change(&format!("<val><{0}>1</{0}></val>", "n".repeat(2000)))),
+                "too_long",
+            ),
+            (
+                "many attributes",
+                obj(
+                    "vm-2",
+                    &change(&format!(
+                        "<val{}>1</val>",
+                        (0..100).map(|i| format!(" a{i}=''")).collect::<String>()
+                    )),
+                ),
+                "too_many_attributes",
+            ),
+        ] {
+            let b = sets(&format!("{bad}{good}"));
+            let u = match lenient(b.as_bytes()) {
+                Ok(u) => u,
+                Err(e) => panic!("{what}: {e}"),
+            };
+            assert_eq!(
+                u.objects.iter().map(|o| o.moref.as_str()).collect::<Vec<_>>(),
+                ["vm-1"],
+                "{what}"
+            );
+            let [bad] = &u.bad[..] else {
+                panic!("{what}: {:?}", u.bad)
+            };
+            assert_eq!((bad.error_type, bad.moref.as_deref()), (kind, Some("vm-2")), "{what}");
+            // strict: the same error as before
+            assert_eq!(err(b.as_bytes()).kind, kind, "{what}");
         }
     }
 

@@ -640,3 +640,22 @@ def test_vmwatch_decode_stays_strict_on_a_bad_object_update(tmp_path: Path, stat
         f'vmwatch decode: {path}: malformed response at byte offset {offset}: invalid update kind "sideways" '
         f'at byte offset {offset} (object vm-2)'
     )
+
+
+@pytest.mark.parametrize(
+    'val',
+    [
+        b'<val xsi:type="Foo">' + b'<a>' * 200_000 + b'x' + b'</a>' * 200_000 + b'</val>',
+        b'<val xsi:type="Foo" junk="' + b'J' * (MAX_ATTR_VALUE_LEN + 1) + b'">x</val>',
+        b'<val xsi:type="Foo"' + b''.join(b' a%d="1"' % i for i in range(MAX_ATTRS + 1)) + b'>x</val>',
+        b'<val xsi:type="Foo"><' + b'n' * (MAX_NAME_LEN + 1) + b'>x</' + b'n' * (MAX_NAME_LEN + 1) + b'></val>',
+    ],
+    ids=['deep', 'long-attribute', 'many-attributes', 'long-name'],
+)
+def test_a_broken_limit_in_one_object_update_skips_only_it(val: bytes) -> None:
+    # the limits stay (the strict decode refuses), but the watcher keeps the other VMs of the response
+    body = doc(object_set(b'vm-1', change(b'summary.runtime.powerState', val)), object_set(b'vm-2', power()))
+    kind = rejected(body)['type']
+    batch = decider().decide(body)
+    assert isinstance(batch, _vmwatch.Batch)
+    assert batch.objects == 1 and [(m, k) for m, _, k, _ in batch.bad] == [('vm-1', kind)]
