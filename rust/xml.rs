@@ -8,7 +8,9 @@
 //! normalise line ends (the decoder hashes text as sent); UTF-8 and NUL bytes are checked once
 //! for the whole body by the decoder. Entity references stay in `Text` (see [`unescape_into`]).
 //! Every error carries the byte offset where the offending construct starts; no input can make
-//! it panic, recurse or loop, and memory stays proportional to the nesting depth.
+//! it panic, recurse or loop, and memory stays proportional to the nesting depth. A broken limit
+//! is `recoverable`: the tag was read whole (elements past the depth limit are counted, not kept),
+//! so the decoder may skip the object update around it; any other error ends the document.
 
 use crate::errors::quote;
 use memchr::{memchr, memchr2, memchr3, memmem};
