@@ -309,16 +309,21 @@ impl<'a, 'f> Parser<'a, 'f> {
         self.last_pos = self.tok.pos() as u64;
         let t = match self.tok.next_tok() {
             Ok(t) => t,
-            Err(e) => {
-                // a broken limit leaves the tokenizer able to go on: the caller may skip the element
-                self.broken |= !e.recoverable;
-                return Err(VmwatchError::decode(e.kind, e.msg, e.offset));
-            }
+            Err(e) => return Err(self.xml_error(e)),
         };
         if let Tok::End { .. } = t {
             self.pop_xmlns(self.depth() + 1);
         }
         Ok(t)
+    }
+
+    /// A tokenizer error. A broken limit leaves the tokenizer able to go on: the caller may skip the
+    /// element. (Kept off the hot path of `next`.)
+    #[cold]
+    #[inline(never)]
+    fn xml_error(&mut self, e: crate::xml::XmlError) -> VmwatchError {
+        self.broken |= !e.recoverable;
+        VmwatchError::decode(e.kind, e.msg, e.offset)
     }
 
     /// Register the XSI prefixes a start tag declares (at its own depth). Called for every

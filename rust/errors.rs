@@ -82,6 +82,7 @@ fn bound_message(mut msg: String) -> String {
 }
 
 impl VmwatchError {
+    #[cold]
     pub fn decode(kind: &'static str, msg: impl Into<String>, offset: u64) -> Self {
         VmwatchError::Decode(Box::new(DecodeErrorInfo {
             kind,
