@@ -28,7 +28,8 @@
 //! leave is counted as skipped `left`.
 
 use crate::cache::{CacheStats, FpCache, Props, MAX_PATHS};
-use crate::decode::{decode, DecodeOptions, Decoded, Missing, ObjectUpdate, SoapFault, UpdateSet};
+use crate::decode::UpdateSet;
+use crate::decode::{decode, decode_strict, BadUpdate, DecodeOptions, Decoded, Missing, ObjectUpdate, SoapFault};
 use crate::decode::{KIND_ENTER, KIND_LEAVE};
 use crate::durable::{self, Durable, FIRST_PENDING, UNDELIVERED};
 use crate::errors::{Result, VmwatchError};
@@ -111,6 +112,8 @@ pub struct Batch {
     pub pending: Vec<Pending>,
     pub skipped: Skipped,
     pub missing: Vec<Missing>,
+    /// Object updates the decoder skipped (decode.rs); their VMs are forgotten by the cache.
+    pub bad: Vec<BadUpdate>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +270,13 @@ impl Decider {
 
     /// Decide an already decoded update set.
     pub fn decide_set(&mut self, set: UpdateSet, index: &Index) -> Batch {
+        // A skipped (bad) object update may have carried a change: forget its VM (the cache entry, and
+        // what was delivered), so that its next good update (or one later in this batch) signals.
+        for b in &set.bad {
+            if let Some(moref) = &b.moref {
+                self.forget(moref);
+            }
+        }
         let now = self.now();
         let ix = index.read();
         let mut batch = Batch {
@@ -275,6 +285,7 @@ impl Decider {
             version: set.version,
             truncated: set.truncated,
             missing: set.missing,
+            bad: set.bad,
             ..Batch::default()
         };
         // Step A: coalesce per MoRef, in order of first appearance.
@@ -603,7 +614,7 @@ pub struct UpdateSummary {
 
 /// Stateless decode for the CLI: one summary per object update, in document order.
 pub fn summarize(body: &[u8], filter: &Filter) -> Result<(Option<String>, bool, Vec<UpdateSummary>)> {
-    let set = match decode(body, filter, DecodeOptions { kept_keys: true })? {
+    let set = match decode_strict(body, filter, DecodeOptions { kept_keys: true })? {
         Decoded::Update(set) => set,
         Decoded::Fault(f) => {
             return Err(VmwatchError::decode(

@@ -9,9 +9,21 @@
 //! start tags by the limits in xml.rs, XSI prefixes in scope by [`MAX_XSI_PREFIXES`]; the body
 //! must be UTF-8 without NUL bytes. Every error carries the byte offset of the offending event.
 //! Memory is proportional to the number of changes (and to the largest single value), never to
-//! the nesting or to the whole body.
+//! the nesting or to the whole body. Error messages quote at most [`MAX_QUOTE`](crate::errors::MAX_QUOTE) bytes of the input.
+//!
+//! One bad object update does not cost the others (spec 7.2 #3): an error inside an `objectSet`
+//! (or a filter-level `missingSet`) while the XML itself is still well-formed skips to the end of
+//! that element and is recorded as a [`BadUpdate`]; decoding goes on with the next one. What
+//! cannot be skipped is an error of the envelope: not UTF-8, not XML (a tokenizer error other
+//! than a broken limit: the element cannot be delimited then), no SOAP Body, two Bodies, or any
+//! error outside every objectSet. A broken limit (nesting, attribute size or count, name length)
+//! inside an objectSet skips it: the tokenizer reads the offending tag whole, and counts elements
+//! nested beyond the limit instead of keeping them. [`decode_strict`] turns the first bad
+//! update into the error (the stateless `vmwatch decode`). A repeated element that would make an
+//! update ambiguous (`obj`, `kind`, a change's `name`, `op` or `val`, the set's `version` or
+//! `truncated`, a second response in the Body) is an error, never last-one-wins.
 
-use crate::errors::{DecodeErrorInfo, Result, VmwatchError};
+use crate::errors::{quote, quote_max, DecodeErrorInfo, Result, VmwatchError};
 use crate::filter::{keyed_extra_config_key, Filter, DEVICE_PATH, EXTRA_CONFIG_PATH};
 use crate::value::ValueEncoder;
 use crate::xml::{unescape_into, Attrs as RawAttrs, Tok, Tokenizer};
@@ -35,6 +47,17 @@ pub const MAX_DEPTH: usize = 256;
 /// per `<val>` (`_XMLSchema-instance`, repeated: a repeated binding is not counted). Every
 /// prefixed attribute is checked against these, so the bound keeps that check cheap.
 pub const MAX_XSI_PREFIXES: usize = 16;
+
+/// Longest property path, in bytes (a change's `name`, a missingSet's `path`). vSphere's paths are
+/// under 100 bytes; a keyed extraConfig path adds the key. Paths are interned for the fingerprint
+/// cache (batch.rs, at most 64 of them), so this bounds what a hostile server can make it keep.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Longest MoRef value, in bytes. vSphere's are like `vm-1234` (a session-scoped one is under 100).
+pub const MAX_MOREF_LEN: usize = 1024;
+
+/// Most bytes kept of a SOAP fault's message (faultstring): vCenter's are one sentence.
+pub const MAX_FAULT_MESSAGE: usize = 1024;
 
 const XSI_NS: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
 
@@ -73,6 +96,33 @@ pub struct ObjectUpdate {
 /// `(moref, path, fault type)`; path is empty for a missing object.
 pub type Missing = (String, String, String);
 
+/// An object update (or filter-level missingSet) that could not be decoded and was skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadUpdate {
+    /// MoRef value of the object, when it was read before the error.
+    pub moref: Option<String>,
+    /// Byte offset in the body where the offending event starts.
+    pub offset: u64,
+    /// The error's slug (as [`DecodeErrorInfo::kind`]).
+    pub error_type: &'static str,
+    /// The error's message (bounded: quotes at most [`MAX_QUOTE`](crate::errors::MAX_QUOTE) bytes of the input).
+    pub message: String,
+    /// Property path being decoded, when known (bounded like the message).
+    pub path: Option<String>,
+}
+
+impl From<BadUpdate> for VmwatchError {
+    fn from(b: BadUpdate) -> Self {
+        VmwatchError::Decode(Box::new(DecodeErrorInfo {
+            kind: b.error_type,
+            msg: b.message,
+            offset: b.offset,
+            moref: b.moref,
+            path: b.path,
+        }))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UpdateSet {
     /// `None` when the response carried no UpdateSet (a heartbeat).
@@ -80,6 +130,8 @@ pub struct UpdateSet {
     pub truncated: bool,
     pub objects: Vec<ObjectUpdate>,
     pub missing: Vec<Missing>,
+    /// Object updates skipped because they could not be decoded, in document order.
+    pub bad: Vec<BadUpdate>,
 }
 
 impl UpdateSet {
@@ -100,11 +152,28 @@ pub struct DecodeOptions {
     pub kept_keys: bool,
 }
 
-/// Decode one body.
+/// Decode one body. Object updates that cannot be decoded are skipped and listed in
+/// [`UpdateSet::bad`]; only an undecodable envelope is an error.
 pub fn decode(body: &[u8], filter: &Filter, opts: DecodeOptions) -> Result<Decoded> {
-    check_chars(body)?;
+    decode_with_first_bad(body, filter, opts).0
+}
+
+/// As [`decode`], but the first bad object update is the error (even when the envelope turns out
+/// undecodable after it: the first problem in document order is the one reported).
+pub fn decode_strict(body: &[u8], filter: &Filter, opts: DecodeOptions) -> Result<Decoded> {
+    match decode_with_first_bad(body, filter, opts) {
+        (_, Some(first)) => Err(first.into()),
+        (r, None) => r,
+    }
+}
+
+fn decode_with_first_bad(body: &[u8], filter: &Filter, opts: DecodeOptions) -> (Result<Decoded>, Option<BadUpdate>) {
+    if let Err(e) = check_chars(body) {
+        return (Err(e), None);
+    }
     let mut p = Parser::new(body, filter, opts);
-    p.document().map_err(|e| p.locate(e))
+    let r = p.document().map_err(|e| p.locate(e));
+    (r, p.first_bad.take())
 }
 
 /// The whole body is UTF-8 and free of NUL bytes (XML allows neither): checked once, up front,
@@ -180,6 +249,11 @@ struct Parser<'a, 'f> {
     enc: ValueEncoder,
     cur_moref: Option<String>,
     cur_path: Option<String>,
+    /// The first bad object update (for [`decode_strict`]).
+    first_bad: Option<BadUpdate>,
+    /// The tokenizer failed: the XML is not well-formed, nothing can be skipped. (A broken limit,
+    /// such as nesting or attribute size, does not count: the tokenizer reads such a tag whole.)
+    broken: bool,
 }
 
 impl<'a, 'f> Parser<'a, 'f> {
@@ -197,6 +271,8 @@ impl<'a, 'f> Parser<'a, 'f> {
             enc: ValueEncoder::new(),
             cur_moref: None,
             cur_path: None,
+            broken: false,
+            first_bad: None,
         }
     }
 
@@ -231,14 +307,23 @@ impl<'a, 'f> Parser<'a, 'f> {
             self.pop_xmlns(self.depth() + 1);
         }
         self.last_pos = self.tok.pos() as u64;
-        let t = self
-            .tok
-            .next_tok()
-            .map_err(|e| VmwatchError::decode(e.kind, e.msg, e.offset))?;
+        let t = match self.tok.next_tok() {
+            Ok(t) => t,
+            Err(e) => return Err(self.xml_error(e)),
+        };
         if let Tok::End { .. } = t {
             self.pop_xmlns(self.depth() + 1);
         }
         Ok(t)
+    }
+
+    /// A tokenizer error. A broken limit leaves the tokenizer able to go on: the caller may skip the
+    /// element. (Kept off the hot path of `next`.)
+    #[cold]
+    #[inline(never)]
+    fn xml_error(&mut self, e: crate::xml::XmlError) -> VmwatchError {
+        self.broken |= !e.recoverable;
+        VmwatchError::decode(e.kind, e.msg, e.offset)
     }
 
     /// Register the XSI prefixes a start tag declares (at its own depth). Called for every
@@ -341,10 +426,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                 None => continue,
             };
             if std::mem::replace(&mut seen[slot], true) {
-                return Err(self.err(
-                    "xml_syntax",
-                    format!("duplicate attribute {}", String::from_utf8_lossy(key)),
-                ));
+                return Err(self.err("xml_syntax", format!("duplicate attribute {}", quote(key))));
             }
         }
         Ok(out)
@@ -402,7 +484,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                 Tok::Start { name, .. } => {
                     return Err(self.err(
                         "unexpected_element",
-                        format!("unexpected element <{}> in text", String::from_utf8_lossy(name)),
+                        format!("unexpected element <{}> in text", quote(name)),
                     ))
                 }
                 Tok::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
@@ -460,11 +542,25 @@ impl<'a, 'f> Parser<'a, 'f> {
             return Err(self.err("not_soap", "root element is not a SOAP Envelope"));
         }
         let mut out: Option<Decoded> = None;
+        let mut bodies = 0u32;
         self.children(|p, s, empty| {
             match local(s.name) {
-                b"Body" if !empty => {
+                b"Body" => {
+                    bodies += 1;
+                    if bodies > 1 {
+                        return Err(p.err("unexpected_element", "two SOAP Bodies in one envelope"));
+                    }
+                    if empty {
+                        return Ok(());
+                    }
                     p.children(|p, s, empty| {
                         let name = local(s.name);
+                        if out.is_some() && (name == b"Fault" || name.ends_with(b"Response")) {
+                            return Err(p.err(
+                                "unexpected_element",
+                                format!("a second <{}> in the SOAP Body", quote(name)),
+                            ));
+                        }
                         match name {
                             b"Fault" => {
                                 out = Some(Decoded::Fault(if empty { p.empty_fault() } else { p.fault()? }));
@@ -479,7 +575,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                             _ => {
                                 return Err(p.err(
                                     "unexpected_element",
-                                    format!("unexpected <{}> in SOAP Body", String::from_utf8_lossy(name)),
+                                    format!("unexpected <{}> in SOAP Body", quote(name)),
                                 ))
                             }
                         }
@@ -515,18 +611,17 @@ impl<'a, 'f> Parser<'a, 'f> {
         let mut detail_type = String::new();
         self.children(|p, s, empty| {
             match local(s.name) {
-                b"faultcode" => code = p.leaf_text(empty)?,
-                b"faultstring" => message = p.leaf_text(empty)?,
+                b"faultcode" => code = quote(p.leaf_text(empty)?.as_bytes()),
+                b"faultstring" => message = quote_max(p.leaf_text(empty)?.as_bytes(), MAX_FAULT_MESSAGE),
                 b"detail" if !empty => {
                     p.children(|p, s, empty| {
                         if detail_type.is_empty() {
                             let a = p.attrs(s)?;
                             detail_type = if !a.xsi_type.is_empty() {
-                                String::from_utf8_lossy(&a.xsi_type).into_owned()
+                                quote(&a.xsi_type)
                             } else {
                                 let n = local(s.name);
-                                let t = n.strip_suffix(b"Fault").filter(|x| !x.is_empty()).unwrap_or(n);
-                                String::from_utf8_lossy(t).into_owned()
+                                quote(n.strip_suffix(b"Fault").filter(|x| !x.is_empty()).unwrap_or(n))
                             };
                         }
                         if !empty {
@@ -552,6 +647,9 @@ impl<'a, 'f> Parser<'a, 'f> {
         let mut set = UpdateSet::default();
         self.children(|p, s, empty| {
             if local(s.name) == b"returnval" {
+                if set.version.is_some() {
+                    return Err(p.err("unexpected_element", "two returnval in one response"));
+                }
                 set.version = Some(String::new());
                 if !empty {
                     p.update_set(&mut set)?;
@@ -565,9 +663,28 @@ impl<'a, 'f> Parser<'a, 'f> {
     }
 
     fn update_set(&mut self, set: &mut UpdateSet) -> Result<()> {
+        let mut seen = [false; 2]; // version, truncated
         self.children(|p, s, empty| {
-            match local(s.name) {
-                b"version" => set.version = Some(p.leaf_text(empty)?),
+            let name = local(s.name);
+            let slot = match name {
+                b"version" => Some(0),
+                b"truncated" => Some(1),
+                _ => None,
+            };
+            if let Some(i) = slot {
+                if std::mem::replace(&mut seen[i], true) {
+                    return Err(p.err("unexpected_element", format!("two <{}> in one update set", quote(name))));
+                }
+            }
+            match name {
+                b"version" => {
+                    let v = p.leaf_text(empty)?;
+                    if v.len() > MAX_MOREF_LEN {
+                        // sent back with the next wait: refused rather than cut
+                        return Err(p.err("too_long", format!("version longer than {MAX_MOREF_LEN} bytes")));
+                    }
+                    set.version = Some(v);
+                }
                 b"truncated" => set.truncated = p.boolean(empty)?,
                 b"filterSet" if !empty => p.filter_update(set)?,
                 _ if empty => {}
@@ -585,10 +702,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         let out = r.and_then(|()| match text.trim_ascii() {
             b"add" | b"assign" | b"" => Ok(false),
             b"remove" | b"indirectRemove" => Ok(true),
-            other => Err(self.err(
-                "invalid_value",
-                format!("invalid change op {:?}", String::from_utf8_lossy(other)),
-            )),
+            other => Err(self.err("invalid_value", format!("invalid change op {:?}", quote(other)))),
         });
         self.text = text;
         out
@@ -599,7 +713,10 @@ impl<'a, 'f> Parser<'a, 'f> {
         match t.trim() {
             "true" | "1" => Ok(true),
             "false" | "0" => Ok(false),
-            other => Err(self.err("invalid_value", format!("invalid boolean {other:?}"))),
+            other => Err(self.err(
+                "invalid_value",
+                format!("invalid boolean {:?}", quote(other.as_bytes())),
+            )),
         }
     }
 
@@ -607,13 +724,20 @@ impl<'a, 'f> Parser<'a, 'f> {
         self.children(|p, s, empty| {
             match local(s.name) {
                 b"objectSet" if !empty => {
-                    let obj = p.object_update(&mut set.missing)?;
-                    set.objects.push(obj);
+                    let missing = &mut set.missing;
+                    if let Some(obj) = p.recover(&mut set.bad, |p| p.object_update(missing))? {
+                        set.objects.push(obj);
+                    }
                 }
-                b"objectSet" => return Err(p.err("invalid_value", "empty objectSet")),
+                b"objectSet" => {
+                    let e = p.err("invalid_value", "empty objectSet");
+                    let b = p.bad_update(e)?;
+                    p.push_bad(&mut set.bad, b);
+                }
                 b"missingSet" if !empty => {
-                    let (moref, fault) = p.missing_set(b"obj")?;
-                    set.missing.push((moref, String::new(), fault));
+                    if let Some((moref, fault)) = p.recover(&mut set.bad, |p| p.missing_set(b"obj", MAX_MOREF_LEN))? {
+                        set.missing.push((moref, String::new(), fault));
+                    }
                 }
                 _ if empty => {}
                 _ => p.skip()?,
@@ -622,14 +746,95 @@ impl<'a, 'f> Parser<'a, 'f> {
         })
     }
 
+    /// Run `f` on the element whose start tag was just read (not empty). When it fails but the XML
+    /// is still well-formed, skip the rest of the element, record a [`BadUpdate`] and return `None`.
+    fn recover<T>(&mut self, bad: &mut Vec<BadUpdate>, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
+        let depth = self.depth(); // the element is open at this depth
+        let e = match f(self) {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if self.broken => return Err(e),
+            Err(e) => e,
+        };
+        let mut b = self.bad_update(e)?;
+        let skipped = self.skip_bad(depth, &mut b);
+        if skipped.is_err() && self.first_bad.is_none() {
+            // the envelope is undecodable after all, but this came first (decode_strict reports it)
+            self.first_bad = Some(b);
+            return skipped.map(|()| None);
+        }
+        skipped?;
+        self.push_bad(bad, b);
+        Ok(None)
+    }
+
+    /// Skip the rest of the element open at `depth` (entities in skipped text are not checked: the
+    /// element is discarded anyway). An `obj` still ahead names the object, so that its VM can be
+    /// forgotten too.
+    fn skip_bad(&mut self, depth: usize, b: &mut BadUpdate) -> Result<()> {
+        while self.depth() >= depth {
+            let t = match self.next() {
+                Ok(t) => t,
+                Err(e) if self.broken => return Err(e),
+                Err(_) => continue, // a limit broken inside the skipped element (it is counted, not kept)
+            };
+            match t {
+                Tok::Start { name, empty: false, .. }
+                    if b.moref.is_none() && self.depth() == depth + 1 && local(name) == b"obj" =>
+                {
+                    match self.read_text() {
+                        Ok(m) if !m.is_empty() && m.len() <= MAX_MOREF_LEN => b.moref = Some(m),
+                        Err(e) if self.broken => return Err(e),
+                        _ => {} // no usable name: the update stays anonymous
+                    }
+                }
+                Tok::Eof => return Err(self.err("xml_syntax", "unexpected end of document")),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A decoder error inside an object update as a [`BadUpdate`] (other errors pass through).
+    fn bad_update(&mut self, e: VmwatchError) -> Result<BadUpdate> {
+        let e = self.locate(e);
+        self.cur_moref = None;
+        self.cur_path = None;
+        match e {
+            VmwatchError::Decode(info) => Ok(BadUpdate {
+                moref: info.moref,
+                offset: info.offset,
+                error_type: info.kind,
+                message: info.msg,
+                path: info.path,
+            }),
+            other => Err(other),
+        }
+    }
+
+    /// Record a bad update (the first one is kept for [`decode_strict`]).
+    fn push_bad(&mut self, bad: &mut Vec<BadUpdate>, b: BadUpdate) {
+        if self.first_bad.is_none() {
+            self.first_bad = Some(b.clone());
+        }
+        bad.push(b);
+    }
+
     /// A `MissingObject` (`what` is `obj`) or `MissingProperty` (`what` is `path`): that
     /// element's text and the fault type.
-    fn missing_set(&mut self, what: &[u8]) -> Result<(String, String)> {
+    fn missing_set(&mut self, what: &[u8], max_len: usize) -> Result<(String, String)> {
         let mut id = String::new();
         let mut fault = String::new();
         self.children(|p, s, empty| {
             match local(s.name) {
-                n if n == what => id = p.leaf_text(empty)?,
+                n if n == what => {
+                    id = p.leaf_text(empty)?;
+                    if id.len() > max_len {
+                        return Err(p.err(
+                            "too_long",
+                            format!("missingSet {} longer than {max_len} bytes", quote(what)),
+                        ));
+                    }
+                }
                 b"fault" if !empty => fault = p.localized_fault()?,
                 _ if empty => {}
                 _ => p.skip()?,
@@ -645,7 +850,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         self.children(|p, s, empty| {
             if local(s.name) == b"fault" {
                 let a = p.attrs(s)?;
-                t = String::from_utf8_lossy(&a.xsi_type).into_owned();
+                t = quote(&a.xsi_type);
             }
             if !empty {
                 p.skip()?;
@@ -663,21 +868,41 @@ impl<'a, 'f> Parser<'a, 'f> {
             changes: Vec::new(),
         };
         let mut local_missing: Vec<(String, String)> = Vec::new();
+        let mut seen = [false; 2]; // kind, obj
         self.cur_moref = None;
         self.children(|p, s, empty| {
-            match local(s.name) {
+            let name = local(s.name);
+            let slot = match name {
+                b"kind" => Some(0),
+                b"obj" => Some(1),
+                _ => None,
+            };
+            if let Some(i) = slot {
+                if std::mem::replace(&mut seen[i], true) {
+                    return Err(p.err("unexpected_element", format!("two <{}> in one objectSet", quote(name))));
+                }
+            }
+            match name {
                 b"kind" => {
                     let k = p.leaf_text(empty)?;
                     obj.kind = match k.trim() {
                         "enter" => KIND_ENTER,
                         "modify" => KIND_MODIFY,
                         "leave" => KIND_LEAVE,
-                        other => return Err(p.err("invalid_value", format!("invalid update kind {other:?}"))),
+                        other => {
+                            return Err(p.err(
+                                "invalid_value",
+                                format!("invalid update kind {:?}", quote(other.as_bytes())),
+                            ))
+                        }
                     };
                 }
                 b"obj" => {
-                    obj.obj_type = String::from_utf8_lossy(&p.attrs(s)?.mo_type).into_owned();
+                    obj.obj_type = quote(&p.attrs(s)?.mo_type);
                     obj.moref = p.leaf_text(empty)?;
+                    if obj.moref.len() > MAX_MOREF_LEN {
+                        return Err(p.err("too_long", format!("obj longer than {MAX_MOREF_LEN} bytes")));
+                    }
                     p.cur_moref = Some(obj.moref.clone());
                 }
                 b"changeSet" if !empty => {
@@ -685,7 +910,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                     obj.changes.push(c);
                 }
                 b"changeSet" => return Err(p.err("invalid_value", "empty changeSet")),
-                b"missingSet" if !empty => local_missing.push(p.missing_set(b"path")?),
+                b"missingSet" if !empty => local_missing.push(p.missing_set(b"path", MAX_PATH_LEN)?),
                 _ if empty => {}
                 _ => p.skip()?,
             }
@@ -707,12 +932,28 @@ impl<'a, 'f> Parser<'a, 'f> {
     fn change(&mut self) -> Result<Change> {
         let mut path: Option<String> = None;
         let mut null = false;
+        let mut seen = [false; 3]; // name, op, val
         self.enc.reset();
         self.cur_path = None;
         self.children(|p, s, empty| {
-            match local(s.name) {
+            let name = local(s.name);
+            let slot = match name {
+                b"name" => Some(0),
+                b"op" => Some(1),
+                b"val" => Some(2),
+                _ => None,
+            };
+            if let Some(i) = slot {
+                if std::mem::replace(&mut seen[i], true) {
+                    return Err(p.err("unexpected_element", format!("two <{}> in one changeSet", quote(name))));
+                }
+            }
+            match name {
                 b"name" => {
                     let n = p.leaf_text(empty)?;
+                    if n.len() > MAX_PATH_LEN {
+                        return Err(p.err("too_long", format!("property path longer than {MAX_PATH_LEN} bytes")));
+                    }
                     p.cur_path = Some(n.clone());
                     path = Some(n);
                 }
@@ -738,13 +979,13 @@ impl<'a, 'f> Parser<'a, 'f> {
         if change.path == EXTRA_CONFIG_PATH {
             let out = self.enc.extra_config(self.filter, self.opts.kept_keys);
             change.fp = Some(out.fp);
-            change.name = Some(out.name);
+            change.name = Some(kube_name(out.name));
             change.kept_keys = out.kept_keys;
         } else if change.path == DEVICE_PATH {
             change.fp = Some(self.enc.devices());
         } else if let Some(key) = keyed_extra_config_key(&change.path) {
             if key.as_bytes() == self.filter.name_key() {
-                change.name = Some(self.enc.top_name(self.filter));
+                change.name = Some(kube_name(self.enc.top_name(self.filter)));
             }
             if !self.filter.is_ignored(key.as_bytes()) {
                 change.fp = Some(self.enc.fingerprint());
@@ -814,6 +1055,16 @@ impl<'a, 'f> Parser<'a, 'f> {
     }
 }
 
+/// Longest Kubernetes namespace (a DNS label) and object name (a DNS subdomain).
+const MAX_NAMESPACE_LEN: usize = 63;
+const MAX_NAME_LEN: usize = 253;
+
+/// A `namespace/name` that no Kubernetes object can have (too long) is no name: the fingerprint cache
+/// remembers each VM's name, and must not keep megabytes a hostile extraConfig value put there.
+fn kube_name(n: Option<(String, String)>) -> Option<(String, String)> {
+    n.filter(|(ns, name)| ns.len() <= MAX_NAMESPACE_LEN && name.len() <= MAX_NAME_LEN)
+}
+
 /// Re-export for errors built outside the parser.
 pub fn decode_error_info(e: &VmwatchError) -> Option<&DecodeErrorInfo> {
     match e {
@@ -840,7 +1091,17 @@ mod tests {
         )
     }
 
+    /// Strict: a bad object update is the error.
     fn run(body: &[u8]) -> Result<UpdateSet> {
+        let f = Filter::new(None::<Vec<String>>, DEFAULT_NAME_KEY);
+        match decode_strict(body, &f, DecodeOptions { kept_keys: false })? {
+            Decoded::Update(u) => Ok(u),
+            Decoded::Fault(f) => panic!("fault {f:?}"),
+        }
+    }
+
+    /// Bad object updates skipped.
+    fn lenient(body: &[u8]) -> Result<UpdateSet> {
         let f = Filter::new(None::<Vec<String>>, DEFAULT_NAME_KEY);
         match decode(body, &f, DecodeOptions { kept_keys: false })? {
             Decoded::Update(u) => Ok(u),
@@ -972,5 +1233,293 @@ mod tests {
                 ("vm-2".into(), String::new(), "NoPermission".into()),
             ]
         );
+    }
+
+    /// A body with the given objectSets (raw XML).
+    fn sets(object_sets: &str) -> String {
+        format!(
+            "<S:Envelope xmlns:S=\"http://schemas.xmlsoap.org/soap/envelope/\" xmlns:xsi=\"{XSI}\"><S:Body>\
+             <R:WaitForUpdatesExResponse xmlns:R=\"urn:vim25\"><returnval><version>1</version><filterSet>\
+             {object_sets}</filterSet></returnval></R:WaitForUpdatesExResponse></S:Body></S:Envelope>"
+        )
+    }
+
+    fn obj(moref: &str, inner: &str) -> String {
+        format!("<objectSet><kind>modify</kind><obj type=\"VirtualMachine\">{moref}</obj>{inner}</objectSet>")
+    }
+
+    fn power(state: &str) -> String {
+        format!("<changeSet><name>summary.runtime.powerState</name><op>assign</op><val>{state}</val></changeSet>")
+    }
+
+    #[test]
+    fn a_bad_object_update_is_skipped_and_the_others_kept() {
+        let bad_op = "<changeSet><name>config.name</name><op>bogus</op><val>x</val></changeSet>";
+        let b = sets(&format!(
+            "{}{}{}",
+            obj("vm-1", &power("on")),
+            obj("vm-2", &format!("{}{bad_op}{}", power("on"), power("off"))),
+            obj("vm-3", &power("off"))
+        ));
+        let u = lenient(b.as_bytes()).unwrap();
+        assert_eq!(
+            u.objects.iter().map(|o| o.moref.as_str()).collect::<Vec<_>>(),
+            ["vm-1", "vm-3"]
+        );
+        let [bad] = &u.bad[..] else { panic!("{:?}", u.bad) };
+        assert_eq!(bad.moref.as_deref(), Some("vm-2"));
+        assert_eq!(bad.error_type, "invalid_value");
+        assert_eq!(bad.offset, b.find("bogus</op>").unwrap() as u64 + 5); // the end of the bad op
+        assert_eq!(bad.path.as_deref(), Some("config.name"));
+        assert!(bad.message.contains("bogus"), "{}", bad.message);
+        // strict: the same error, as before
+        let f = Filter::new(None::<Vec<String>>, DEFAULT_NAME_KEY);
+        let Err(VmwatchError::Decode(e)) = decode_strict(b.as_bytes(), &f, DecodeOptions { kept_keys: false }) else {
+            panic!("strict decode accepted a bad update")
+        };
+        assert_eq!(
+            (e.kind, e.offset, e.moref.as_deref()),
+            ("invalid_value", bad.offset, Some("vm-2"))
+        );
+    }
+
+    #[test]
+    fn every_kind_of_per_object_error_is_skipped() {
+        let cases = [
+            (
+                // the obj after the error still names the object
+                "<kind>modify</kind><kind>leave</kind><obj>vm-9</obj>",
+                "unexpected_element",
+                Some("vm-9"),
+            ),
+            (
+                "<kind>modify</kind><obj>vm-9</obj><obj>vm-8</obj>",
+                "unexpected_element",
+                Some("vm-9"),
+            ),
+            ("<kind>sideways</kind><obj>vm-9</obj>", "invalid_value", Some("vm-9")),
+            ("<kind>sideways</kind><x><obj>vm-9</obj></x>", "invalid_value", None),
+            ("<kind>sideways</kind><obj>vm-<b/>9</obj>", "invalid_value", None),
+            ("<obj>vm-9</obj>", "invalid_value", Some("vm-9")),
+            ("<kind>modify</kind>", "invalid_value", None),
+            (
+                "<kind>modify</kind><obj>vm-9</obj><changeSet/>",
+                "invalid_value",
+                Some("vm-9"),
+            ),
+            (
+                "<kind>modify</kind><obj>vm-9</obj><changeSet><op>add</op></changeSet>",
+                "invalid_value",
+                Some("vm-9"),
+            ),
+            (
+                "<kind>modify</kind><obj>vm-9</obj><changeSet><name>a</name><name>b</name></changeSet>",
+                "unexpected_element",
+                Some("vm-9"),
+            ),
+            (
+                "<kind>modify</kind><obj>vm-9</obj><changeSet><name>a</name><val>1</val><val>2</val></changeSet>",
+                "unexpected_element",
+                Some("vm-9"),
+            ),
+            (
+                "<kind>modify</kind><obj>vm-9</obj><changeSet><name>a</name><val>&lol;</val></changeSet>",
+                "unknown_entity",
+                Some("vm-9"),
+            ),
+            (
+                "<kind>modify</kind><obj>vm-9</obj>stray text",
+                "unexpected_element",
+                Some("vm-9"),
+            ),
+            ("<kind>modify</kind><obj>vm-<b/>9</obj>", "unexpected_element", None),
+        ];
+        for (inner, kind, moref) in cases {
+            let b = sets(&format!("<objectSet>{inner}</objectSet>{}", obj("vm-1", &power("on"))));
+            let u = match lenient(b.as_bytes()) {
+                Ok(u) => u,
+                Err(e) => panic!("{inner}: {e}"),
+            };
+            assert_eq!(u.objects.len(), 1, "{inner}");
+            assert_eq!(u.objects[0].moref, "vm-1", "{inner}");
+            let [bad] = &u.bad[..] else {
+                panic!("{inner}: {:?}", u.bad)
+            };
+            assert_eq!(
+                (bad.error_type, bad.moref.as_deref()),
+                (kind, moref),
+                "{inner}: {}",
+                bad.message
+            );
+            assert!(bad.offset as usize >= b.find("<objectSet>").unwrap() && (bad.offset as usize) < b.len());
+        }
+        // an empty objectSet and a bad filter-level missingSet too
+        let b = sets(&format!(
+            "<objectSet/><missingSet><obj>{}</obj></missingSet>{}",
+            "m".repeat(2000),
+            obj("vm-1", "")
+        ));
+        let u = lenient(b.as_bytes()).unwrap();
+        assert_eq!((u.objects.len(), u.bad.len(), u.missing.len()), (1, 2, 0));
+        assert_eq!(u.bad[1].error_type, "too_long");
+    }
+
+    #[test]
+    fn errors_of_the_envelope_or_of_the_xml_are_not_skipped() {
+        let good = obj("vm-1", &power("on"));
+        for (what, b) in [
+            (
+                "tag mismatch",
+                sets(&format!("<objectSet><kind>modify</obj></objectSet>{good}")),
+            ),
+            (
+                "too deep outside the objectSets",
+                sets(&good).replace(
+                    "<filterSet>",
+                    &format!("{}{}<filterSet>", "<a>".repeat(300), "</a>".repeat(300)),
+                ),
+            ),
+            (
+                "deep and then broken",
+                sets(&format!("<objectSet>{}</b></objectSet>{good}", "<a>".repeat(300))),
+            ),
+            ("deep to the end", sets(&format!("<objectSet>{}", "<a>".repeat(300)))),
+            ("text in filterSet", sets(&format!("{good}stray"))),
+            ("two bodies", sets(&good).replace("</S:Body>", "</S:Body><S:Body/>")),
+            (
+                "two responses",
+                sets(&good).replace(
+                    "</S:Body>",
+                    "<R:WaitForUpdatesExResponse xmlns:R=\"urn:vim25\"/></S:Body>",
+                ),
+            ),
+            (
+                "fault and response",
+                sets(&good).replace("</S:Body>", "<S:Fault/></S:Body>"),
+            ),
+            (
+                "two versions",
+                sets(&good).replace("<version>1</version>", "<version>1</version><version>2</version>"),
+            ),
+            (
+                "two returnvals",
+                sets(&good).replace("</returnval>", "</returnval><returnval/>"),
+            ),
+        ] {
+            assert!(lenient(b.as_bytes()).is_err(), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_broken_limit_inside_an_object_update_skips_it() {
+        let good = obj("vm-1", &power("on"));
+        let deep = |n: usize| format!("<val>{}x{}</val>", "<a>".repeat(n), "</a>".repeat(n));
+        let change = |v: &str| format!("<changeSet><name>config.name</name><op>assign</op>{v}</changeSet>");
+        for (what, bad, kind) in [
+            ("too deep", obj("vm-2", &change(&deep(300))), "too_deep"),
+            ("far too deep", obj("vm-2", &change(&deep(1_000_000))), "too_deep"),
+            (
+                "deep empty element",
+                obj(
+                    "vm-2",
+                    &change(&format!("<val>{}<e/>{}</val>", "<a>".repeat(248), "</a>".repeat(248))),
+                ),
+                "too_deep",
+            ),
+            (
+                "long attribute",
+                obj("vm-2", &change(&format!("<val x=\"{}\">1</val>", "v".repeat(70_000)))),
+                "too_long",
+            ),
+            (
+                "long name",
+                obj("vm-2", &change(&format!("<val><{0}>1</{0}></val>", "n".repeat(2000)))),
+                "too_long",
+            ),
+            (
+                "many attributes",
+                obj(
+                    "vm-2",
+                    &change(&format!(
+                        "<val{}>1</val>",
+                        (0..100).map(|i| format!(" a{i}=''")).collect::<String>()
+                    )),
+                ),
+                "too_many_attributes",
+            ),
+        ] {
+            let b = sets(&format!("{bad}{good}"));
+            let u = match lenient(b.as_bytes()) {
+                Ok(u) => u,
+                Err(e) => panic!("{what}: {e}"),
+            };
+            assert_eq!(
+                u.objects.iter().map(|o| o.moref.as_str()).collect::<Vec<_>>(),
+                ["vm-1"],
+                "{what}"
+            );
+            let [bad] = &u.bad[..] else {
+                panic!("{what}: {:?}", u.bad)
+            };
+            assert_eq!((bad.error_type, bad.moref.as_deref()), (kind, Some("vm-2")), "{what}");
+            // strict: the same error as before
+            assert_eq!(err(b.as_bytes()).kind, kind, "{what}");
+        }
+    }
+
+    #[test]
+    fn error_messages_quote_little_of_the_input() {
+        let big = "x".repeat(50 << 20);
+        for b in [
+            sets(&obj(
+                "vm-1",
+                &format!("<changeSet><name>a</name><op>{big}</op></changeSet>"),
+            )),
+            sets(&format!("<objectSet><kind>{big}</kind></objectSet>")),
+            sets(&obj(&big, "")),
+            sets(&obj("vm-1", &format!("<changeSet><name>{big}</name></changeSet>"))),
+            sets(&obj("vm-1", &format!("<missingSet><path>{big}</path></missingSet>"))),
+        ] {
+            let u = lenient(b.as_bytes()).unwrap();
+            let [bad] = &u.bad[..] else { panic!() };
+            assert!(bad.message.len() <= 400, "{}", bad.message.len());
+            assert!(bad.moref.as_ref().is_none_or(|m| m.len() <= MAX_MOREF_LEN));
+            assert!(bad.path.as_ref().is_none_or(|p| p.len() <= MAX_PATH_LEN));
+            let e = VmwatchError::from(bad.clone()).to_string();
+            assert!(e.len() <= 1000, "{}", e.len());
+        }
+        let e = err(sets(&format!("<a></{big}>")).as_bytes());
+        assert!(e.msg.len() <= 400);
+        let fault = format!(
+            "<S:Envelope xmlns:S=\"http://schemas.xmlsoap.org/soap/envelope/\"><S:Body><S:Fault>\
+             <faultcode>{big}</faultcode><faultstring>{big}</faultstring></S:Fault></S:Body></S:Envelope>"
+        );
+        let f = Filter::new(None::<Vec<String>>, DEFAULT_NAME_KEY);
+        let Ok(Decoded::Fault(f)) = decode(fault.as_bytes(), &f, DecodeOptions { kept_keys: false }) else {
+            panic!()
+        };
+        assert!(f.fault_type.len() <= 300 && f.message.len() <= MAX_FAULT_MESSAGE + 30);
+    }
+
+    #[test]
+    fn names_no_kubernetes_object_can_have_are_no_names() {
+        let named = |v: &str| {
+            let val = format!(
+                "<val xsi:type=\"ArrayOfOptionValue\"><OptionValue xsi:type=\"OptionValue\"><key>{DEFAULT_NAME_KEY}</key>\
+                 <value xsi:type=\"xsd:string\">{v}</value></OptionValue></val>"
+            );
+            let b = sets(&obj(
+                "vm-1",
+                &format!("<changeSet><name>config.extraConfig</name><op>assign</op>{val}</changeSet>"),
+            ));
+            lenient(b.as_bytes()).unwrap().objects[0].changes[0]
+                .name
+                .clone()
+                .unwrap()
+        };
+        let ok = format!("{}/{}", "n".repeat(63), "m".repeat(253));
+        assert_eq!(named(&ok), Some(("n".repeat(63), "m".repeat(253))));
+        assert_eq!(named(&format!("{}/b", "n".repeat(64))), None);
+        assert_eq!(named(&format!("a/{}", "m".repeat(10 << 20))), None);
     }
 }

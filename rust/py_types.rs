@@ -163,6 +163,7 @@ pub struct PyBatch {
     pending: Vec<Py<PyPending>>,
     skipped: [(&'static str, u32); 6],
     missing: Vec<(String, String, String)>,
+    bad: Vec<(Option<String>, u64, &'static str, String)>,
 }
 
 impl PyBatch {
@@ -184,6 +185,11 @@ impl PyBatch {
             objects: b.objects,
             changes: b.changes,
             missing: b.missing,
+            bad: b
+                .bad
+                .into_iter()
+                .map(|u| (u.moref, u.offset, u.error_type, u.message))
+                .collect(),
         })
     }
 }
@@ -210,9 +216,14 @@ impl PyBatch {
     fn missing<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         PyList::new(py, &self.missing)
     }
+    /// Object updates skipped as undecodable: `(moref or None, offset, type, message)` each.
+    #[getter]
+    fn bad<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.bad)
+    }
     fn __repr__(&self) -> String {
         format!(
-            "Batch(version={}, truncated={}, objects={}, changes={}, signals={}, pending={}, skipped={{{}}}, missing={})",
+            "Batch(version={}, truncated={}, objects={}, changes={}, signals={}, pending={}, skipped={{{}}}, missing={}, bad={})",
             py_opt(&self.version),
             py_bool(self.truncated),
             self.objects,
@@ -220,7 +231,8 @@ impl PyBatch {
             self.signals.len(),
             self.pending.len(),
             self.skipped.iter().map(|(k, v)| format!("'{k}': {v}")).collect::<Vec<_>>().join(", "),
-            self.missing.len()
+            self.missing.len(),
+            self.bad.len()
         )
     }
 }

@@ -8,8 +8,11 @@
 //! normalise line ends (the decoder hashes text as sent); UTF-8 and NUL bytes are checked once
 //! for the whole body by the decoder. Entity references stay in `Text` (see [`unescape_into`]).
 //! Every error carries the byte offset where the offending construct starts; no input can make
-//! it panic, recurse or loop, and memory stays proportional to the nesting depth.
+//! it panic, recurse or loop, and memory stays proportional to the nesting depth. A broken limit
+//! is `recoverable`: the tag was read whole (elements past the depth limit are counted, not kept),
+//! so the decoder may skip the object update around it; any other error ends the document.
 
+use crate::errors::quote;
 use memchr::{memchr, memchr2, memchr3, memmem};
 
 /// A token; every slice borrows from the input.
@@ -38,6 +41,10 @@ pub struct XmlError {
     pub kind: &'static str,
     pub msg: String,
     pub offset: u64,
+    /// A limit broken by a start tag that was still read whole (`too_deep`, `too_long`,
+    /// `too_many_attributes`): the tokenizer can go on, so the caller may skip the enclosing element.
+    /// Every other error leaves the document undelimitable.
+    pub recoverable: bool,
 }
 
 fn err(kind: &'static str, msg: impl Into<String>, offset: usize) -> XmlError {
@@ -45,6 +52,14 @@ fn err(kind: &'static str, msg: impl Into<String>, offset: usize) -> XmlError {
         kind,
         msg: msg.into(),
         offset: offset as u64,
+        recoverable: false,
+    }
+}
+
+fn limit(kind: &'static str, msg: impl Into<String>, offset: usize) -> XmlError {
+    XmlError {
+        recoverable: true,
+        ..err(kind, msg, offset)
     }
 }
 
@@ -97,6 +112,9 @@ pub struct Tokenizer<'a> {
     /// Names of open elements.
     open: Vec<&'a [u8]>,
     max_depth: usize,
+    /// Open elements beyond `max_depth` (each refused with `too_deep`, then skipped): counted, not
+    /// kept, so that their end tags close them without growing `open`.
+    excess: usize,
 }
 
 impl<'a> Tokenizer<'a> {
@@ -107,6 +125,7 @@ impl<'a> Tokenizer<'a> {
             pos: if buf.starts_with(BOM) { BOM.len() } else { 0 },
             open: Vec::with_capacity(32),
             max_depth,
+            excess: 0,
         }
     }
 
@@ -127,10 +146,17 @@ impl<'a> Tokenizer<'a> {
             let buf = self.buf;
             let start = self.pos;
             if start >= buf.len() {
+                if self.excess > 0 {
+                    return Err(err(
+                        "xml_syntax",
+                        "unexpected end of document inside deep elements",
+                        start,
+                    ));
+                }
                 if let Some(name) = self.open.last() {
                     return Err(err(
                         "xml_syntax",
-                        format!("unexpected end of document inside <{}>", String::from_utf8_lossy(name)),
+                        format!("unexpected end of document inside <{}>", quote(name)),
                         start,
                     ));
                 }
@@ -213,6 +239,12 @@ impl<'a> Tokenizer<'a> {
                 break;
             }
         }
+        if self.excess > 0 {
+            // an element refused as too deep: being skipped, its name is not checked
+            self.excess -= 1;
+            self.pos = from + i + 1;
+            return Ok(Tok::End { name });
+        }
         match self.open.pop() {
             Some(open) if open == name => {
                 self.pos = from + i + 1;
@@ -220,11 +252,7 @@ impl<'a> Tokenizer<'a> {
             }
             Some(open) => Err(err(
                 "xml_syntax",
-                format!(
-                    "end tag </{}> does not match <{}>",
-                    String::from_utf8_lossy(name),
-                    String::from_utf8_lossy(open)
-                ),
+                format!("end tag </{}> does not match <{}>", quote(name), quote(open)),
                 start,
             )),
             None => Err(err("xml_syntax", "end tag without start tag", start)),
@@ -247,8 +275,10 @@ impl<'a> Tokenizer<'a> {
         if name.is_empty() {
             return Err(err("xml_syntax", "element without a name", start));
         }
+        // a broken limit is reported once the whole tag is read, so that the tokenizer can go on
+        let mut broken: Option<XmlError> = None;
         if name.len() > MAX_NAME_LEN {
-            return Err(err(
+            broken = Some(limit(
                 "too_long",
                 format!("element name longer than {MAX_NAME_LEN} bytes"),
                 start,
@@ -270,8 +300,8 @@ impl<'a> Tokenizer<'a> {
             let Some(q) = memchr(buf[at], &buf[at + 1..]) else {
                 return Err(err("xml_syntax", "unclosed attribute value", at));
             };
-            if q > MAX_ATTR_VALUE_LEN {
-                return Err(err(
+            if q > MAX_ATTR_VALUE_LEN && broken.is_none() {
+                broken = Some(limit(
                     "too_long",
                     format!("attribute value longer than {MAX_ATTR_VALUE_LEN} bytes"),
                     at,
@@ -281,8 +311,8 @@ impl<'a> Tokenizer<'a> {
                 return Err(err("xml_syntax", "'<' in an attribute value", at));
             }
             values += 1;
-            if values > MAX_ATTRS {
-                return Err(err(
+            if values > MAX_ATTRS && broken.is_none() {
+                broken = Some(limit(
                     "too_many_attributes",
                     format!("more than {MAX_ATTRS} attributes on one element"),
                     start,
@@ -294,8 +324,11 @@ impl<'a> Tokenizer<'a> {
         let attrs = &buf[attrs_from..if empty { j - 1 } else { j }];
         self.pos = j + 1;
         // an empty element counts too: `<a/>` at the limit is one level too deep
-        if self.open.len() >= self.max_depth {
-            return Err(err(
+        if self.excess > 0 || self.open.len() >= self.max_depth {
+            if !empty {
+                self.excess += 1;
+            }
+            return Err(limit(
                 "too_deep",
                 format!("elements nested deeper than {}", self.max_depth),
                 start,
@@ -304,7 +337,10 @@ impl<'a> Tokenizer<'a> {
         if !empty {
             self.open.push(name);
         }
-        Ok(Tok::Start { name, attrs, empty })
+        match broken {
+            Some(e) => Err(e),
+            None => Ok(Tok::Start { name, attrs, empty }),
+        }
     }
 }
 
@@ -513,6 +549,64 @@ mod tests {
         assert!(toks(&el(MAX_NAME_LEN)).is_ok());
         let e = toks(&el(MAX_NAME_LEN + 1)).unwrap_err();
         assert_eq!((e.kind, e.offset), ("too_long", 3));
+    }
+
+    #[test]
+    fn a_broken_limit_can_be_skipped() {
+        // every token after a limit error is still right: the caller may skip the element
+        let deep = format!("<r><s>{}x{}</s><t/></r>", "<a>".repeat(100), "</a>".repeat(100));
+        let mut long = format!(
+            "<r><s><b x='{}'/><{}>y</",
+            "v".repeat(MAX_ATTR_VALUE_LEN + 1),
+            "n".repeat(2000)
+        );
+        long.push_str(&format!("{}></s><t/></r>", "n".repeat(2000)));
+        for doc in [deep, long] {
+            let mut t = Tokenizer::new(doc.as_bytes(), 64);
+            let (mut limits, mut tail) = (0, Vec::new());
+            loop {
+                match t.next_tok() {
+                    Ok(Tok::Eof) => break,
+                    Ok(tok) => tail.push(tok),
+                    Err(e) => {
+                        assert!(e.recoverable, "{e:?}");
+                        limits += 1;
+                        tail.clear();
+                    }
+                }
+            }
+            assert!(limits > 0);
+            // after the last refused tag: the rest of <s>, then <t/> and </r> as usual
+            let n = tail.len();
+            assert_eq!(
+                &tail[n - 3..],
+                &[
+                    Tok::End { name: b"s" },
+                    Tok::Start {
+                        name: b"t",
+                        attrs: b"",
+                        empty: true
+                    },
+                    Tok::End { name: b"r" }
+                ]
+            );
+            assert_eq!(t.depth(), 0);
+        }
+        // syntax errors are not recoverable, nor is the end of the document inside refused elements
+        assert!(!toks("<a></b>").unwrap_err().recoverable);
+        let mut t = Tokenizer::new(b"<a><b><c>", 1);
+        assert!(t.next_tok().is_ok());
+        assert!(t.next_tok().unwrap_err().recoverable);
+        assert!(t.next_tok().unwrap_err().recoverable);
+        assert!(!t.next_tok().unwrap_err().recoverable);
+    }
+
+    #[test]
+    fn messages_quote_little_of_the_input() {
+        let long = "n".repeat(50 << 20);
+        let e = toks(&format!("<a></{long}>")).unwrap_err();
+        assert!(e.msg.len() < 300, "{}", e.msg.len());
+        assert!(e.msg.contains("(52428800 bytes)"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! and on hand-made bodies in real vCenter's style.
 
 use _vmwatch::batch::{Decider, DeciderConfig, Outcome, Reason};
-use _vmwatch::decode::{decode, DecodeOptions, Decoded, KIND_ENTER, KIND_LEAVE, KIND_MODIFY};
+use _vmwatch::decode::{decode, decode_strict, DecodeOptions, Decoded, KIND_ENTER, KIND_LEAVE, KIND_MODIFY};
 use _vmwatch::errors::VmwatchError;
 use _vmwatch::filter::{Filter, DEFAULT_NAME_KEY};
 use _vmwatch::index::Index;
@@ -326,8 +326,9 @@ fn handmade_bodies_do_not_depend_on_bytes() {
     }
 }
 
+/// Strict: a bad object update is the error too (as `vmwatch decode` reports it).
 fn decode_err(body: &[u8]) -> Box<_vmwatch::errors::DecodeErrorInfo> {
-    match decode(body, &filter(), DecodeOptions { kept_keys: false }) {
+    match decode_strict(body, &filter(), DecodeOptions { kept_keys: false }) {
         Err(VmwatchError::Decode(e)) => e,
         other => panic!("expected a decode error, got {other:?}"),
     }

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Fuzz the SOAP decoder and the batch decision: any input must yield a batch, a fault or a
-//! typed DecodeError; never a panic, a hang (libFuzzer `-timeout`) or unbounded memory
+//! Fuzz the SOAP decoder and the batch decision: any input must yield a batch (its undecodable
+//! object updates listed in `bad`), a fault or a typed DecodeError; never a panic, a hang (libFuzzer `-timeout`) or unbounded memory
 //! (`-rss_limit_mb`). Seeds: tests/data (see fuzz/smoke.sh).
 #![no_main]
 
@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
     let filter = Filter::new(Some(["govcsim", DEFAULT_NAME_KEY]), DEFAULT_NAME_KEY);
     let decoded = decode(data, &filter, DecodeOptions { kept_keys: true });
     match &decoded {
-        Ok(Decoded::Update(set)) => assert!(set.objects.iter().all(|o| !o.moref.is_empty())),
+        Ok(Decoded::Update(set)) => {
+            assert!(set.objects.iter().all(|o| !o.moref.is_empty()));
+            // a skipped object update says where, and quotes little of the input
+            assert!(set.bad.iter().all(|b| b.offset as usize <= data.len() && b.message.len() <= 1024));
+        }
         Ok(Decoded::Fault(_)) => {}
         Err(VmwatchError::Decode(e)) => assert!(e.offset as usize <= data.len()),
         Err(other) => panic!("unexpected error kind: {other:?}"),

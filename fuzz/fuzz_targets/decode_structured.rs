@@ -680,6 +680,8 @@ fn expected_extra_config(opts: &[Opt]) -> (Option<(String, String)>, Vec<String>
         .iter()
         .filter(|o| o.key == DEFAULT_NAME_KEY && string(&o.vtype))
         .find_map(|o| parse_namespaced_name(&o.value))
+        // no Kubernetes object has a longer namespace or name: the decoder drops it (decode.rs kube_name)
+        .filter(|(a, b)| a.len() <= 63 && b.len() <= 253)
         .map(|(a, b)| (a.to_owned(), b.to_owned()));
     let mut keys: Vec<String> = opts
         .iter()

@@ -101,6 +101,11 @@ class Batch:
     # sighting whose state is the one last delivered, per a checkpoint or a record that outlived the cache entry)
     skipped: dict[str, int]
     missing: list[tuple[str, str, str]]  # missingSet entries: (moref, path, fault type)
+    bad: tuple[tuple[str | None, int, str, str], ...]
+    """Object updates skipped because they could not be decoded (spec 7.2 #3), in document order:
+    (moref, or None when the error came before the `obj`; byte offset; error type slug, as
+    DecodeError.errors()[i]['type']; message, quoting at most ~200 bytes of the input). Their VMs
+    were forgotten by the fingerprint cache, so their next good update signals."""
 
 @final
 class Index:
@@ -172,8 +177,8 @@ def decode(
 
     Returns (version, truncated, updates); each update is
     (moref, type, kind, sorted changed paths, sorted kept extraConfig keys or None, 'ns/name' or None).
-    ignored_keys=None keeps every key (--no-filter). Raises DecodeError; a SOAP fault raises DecodeError
-    with type 'soap_fault'.
+    ignored_keys=None keeps every key (--no-filter). Strict, unlike Decider.decide: the first bad object update
+    raises DecodeError (file contract of `vmwatch decode`); a SOAP fault raises DecodeError with type 'soap_fault'.
     """
 
 def parse_namespaced_name(value: str) -> tuple[str, str] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,14 @@ class Metrics:
             'vmwatch_requests_dropped',
             'Reconcile requests the work queue refused (full); the VM is forgotten, so its next change signals.',
             ['name'],
+        # what a response carried that the watcher could not use (vmwatch/problems.py)
+        self.bad_object_updates = Counter(
+            'vmwatch_bad_object_updates', 'Object updates skipped because they could not be decoded.', registry=r
+        )
+        self.missing_properties = Counter(
+            'vmwatch_missing_properties',
+            'missingSet entries: properties (or objects) vCenter could not report, by fault type.',
+            ['fault'],
             registry=r,
         )
 
@@ -152,6 +160,20 @@ class CheckpointMetrics:
             'vmwatch_checkpoint_last_write_timestamp_seconds', 'Unix time of the last checkpoint written.', registry=r
         )
         self.load_seconds = Gauge('vmwatch_checkpoint_load_seconds', 'Time the last checkpoint load took.', registry=r)
+    def observe_problems(self, stats: Mapping[str, int], seen: dict[str, int]) -> None:
+        """Copy a watcher's `bad_updates` and `missing_<fault>` counts (vmwatch/problems.py) into their
+        counters. `seen` holds the values copied before from the same watcher (updated here)."""
+        for key, value in list(stats.items()):  # one C call: the watcher may add keys meanwhile
+            if key == 'bad_updates':
+                counter = self.bad_object_updates
+            elif key.startswith('missing_'):
+                counter = self.missing_properties.labels(fault=key.removeprefix('missing_'))
+            else:
+                continue
+            delta = value - seen.get(key, 0)
+            if delta > 0:
+                counter.inc(delta)
+                seen[key] = value
 
 
 class HealthServer:

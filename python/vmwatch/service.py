@@ -444,6 +444,7 @@ class Service:
                     self._metrics_seen[key] = value
                     if key == 'batches':
                         m.last_wait.set_to_current_time()
+            m.observe_problems(watcher.stats, self._metrics_seen)
         m.observe_cache(self.decider.cache_stats())
         m.index_size.set(len(self.index))
         m.index_bytes.set(self.index.index.bytes())

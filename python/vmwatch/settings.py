@@ -173,6 +173,9 @@ class WatchSettings:
     """The HTTP read timeout is max_wait_s plus this, so the server always answers first."""
     name_fetch_batch: int = 500
     """Most VMs in one RetrieveProperties name fetch (step G)."""
+    max_response_bytes: int = 512 << 20
+    """Largest WaitForUpdatesEx body read (bytes): 100 updates of even huge VMs are a few MB; a larger body is a
+    ProtocolError (the wait restarts) rather than unbounded memory."""
 
 
 @dataclass(frozen=True, kw_only=True)

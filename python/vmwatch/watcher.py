@@ -36,6 +36,7 @@ from vmwatch._vmwatch import (
     VmwatchError,
     parse_namespaced_name,
 )
+from vmwatch.problems import PROBLEMS
 from vmwatch.settings import FilterSettings, WatchSettings, async_signal_disabled
 from vmwatch.vsphere import (
     Collector,
@@ -173,7 +174,8 @@ class Watcher:
         """The version of the last processed update set ('' before the first)."""
         self.stats: Counter[str] = Counter()
         """batches, heartbeats, truncated, objects, changes, signals, coalesced, name_fetches, name_fetch_vms,
-        resyncs, and skips by reason (skipped_<reason>)."""
+        resyncs, skips by reason (skipped_<reason>), bad_updates (object updates skipped as undecodable) and
+        missing_<fault> (missingSet entries by fault type)."""
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -224,6 +226,7 @@ class Watcher:
             views.collector_id,
             max_object_updates=s.max_object_updates,
             read_timeout_s=s.max_wait_s + max(1.0, s.http_timeout_margin_s),
+            max_response_bytes=s.max_response_bytes,
         )
         return views, collector
 
@@ -572,8 +575,8 @@ class Watcher:
         st['changes'] += batch.changes
         for reason, n in batch.skipped.items():
             st[f'skipped_{reason}'] += n
-        for moref, path, fault in batch.missing:
-            log.debug('missing %s %s: %s', moref, path, fault)
+        # undecodable object updates (skipped, their VMs forgotten) and what vCenter could not report
+        PROBLEMS.report(bad=batch.bad, missing=batch.missing, stats=st, scope=id(self.decider))
         for signal in batch.signals:
             await self._put(signal)
         if batch.pending:

@@ -44,6 +44,9 @@ ROWS = {
     'B4': 'two replicas: the standby must write nothing (Zone finalizers, sink patches)',
     'C1': '`vmwatch watch` at DEBUG; a vCenter URL with user:password',
     'C2': 'bad input to every command (addresses, ports in use, log levels, CA files, numbers)',
+    'A5': 'one undecodable object update in a WaitForUpdatesEx response',
+    'A7': 'vCenter cannot report a property of a VM (missingSet)',
+    'C3': 'hostile input: a response over the size cap, a 50 MB value, a gzip bomb',
 }
 
 

@@ -78,16 +78,23 @@ def decider() -> _vmwatch.Decider:
 
 
 def rejected(body: bytes) -> dict[str, Any]:
-    """The one error record of `body`, which both entry points must reject the same way."""
+    """The one error record of `body`. The strict `decode` raises it; the watcher's `Decider.decide` raises
+    the same error when the envelope is bad, and skips the object update (reporting the same type, offset
+    and message in `Batch.bad`) when the error is inside one (issue 11 A5)."""
     with pytest.raises(_vmwatch.DecodeError) as info:
-        decider().decide(body)
+        _vmwatch.decode(body)
     [rec] = info.value.errors()
     assert rec['offset'] == info.value.offset
     assert 0 <= rec['offset'] <= len(body)
     assert str(rec['offset']) in str(info.value)
-    with pytest.raises(_vmwatch.DecodeError) as again:
-        _vmwatch.decode(body)
-    assert again.value.errors() == [rec]
+    try:
+        outcome = decider().decide(body)
+    except _vmwatch.DecodeError as again:
+        assert again.errors() == [rec]
+    else:
+        assert isinstance(outcome, _vmwatch.Batch)
+        [(moref, offset, kind, msg)] = outcome.bad
+        assert (moref, offset, kind, msg) == (rec['loc'][0], rec['offset'], rec['type'], rec['msg'])
     return rec
 
 
@@ -396,3 +403,259 @@ def test_a_100_mb_body_decodes_in_bounded_memory(tmp_path: Path) -> None:
     assert out['decide_peak_extra'] < 3 * size, out
     assert out['decide_peak_extra'] < 4096 * objects, out
     assert out['decode_peak_extra'] < 3 * size, out
+
+
+# -- issue 11 C3: what an error message, a path table, `vmwatch decode` and the raw wait hold ------------------
+
+MAX_QUOTE = 200  # rust/errors.rs: bytes of input a message quotes
+MAX_PATH_LEN = 4096  # rust/decode.rs
+BIG = 50 << 20  # the 50 MB `<op>` value of the issue
+
+
+def test_a_50_mb_value_in_an_error_quotes_200_bytes() -> None:
+    body = doc(
+        object_set(b'vm-1', change(b'config.name', b'<val>x</val>', op=b'x' * BIG)), object_set(b'vm-2', power())
+    )
+    with pytest.raises(_vmwatch.DecodeError) as info:
+        _vmwatch.decode(body)
+    message = str(info.value)
+    assert len(message) < 2 * MAX_QUOTE + 200, len(message)  # was 52 MB
+    assert f'({BIG} bytes)' in message and 'vm-1' in message
+    [rec] = info.value.errors()
+    assert len(rec['msg']) < 2 * MAX_QUOTE
+    batch = decider().decide(body)
+    assert isinstance(batch, _vmwatch.Batch) and batch.objects == 1  # vm-2 is kept
+    [(moref, _, kind, msg)] = batch.bad
+    assert (moref, kind) == ('vm-1', 'invalid_value') and len(msg) < 2 * MAX_QUOTE
+
+
+@pytest.mark.parametrize(
+    'body',
+    [
+        good().replace(b'</filterSet>', b'<a></' + b'n' * BIG + b'></filterSet>'),  # the tokenizer's messages
+        doc(object_set(b'vm-1', power()).replace(b'<kind>modify', b'<kind>' + b'k' * BIG)),
+        doc(object_set(b'vm-1', power())).replace(b'<version>7', b'<version>7<version>' + b'v' * BIG),
+        good(b'<val xsi:type="Foo"><' + b'e' * 1000 + b'>x</val>'),
+    ],
+)
+def test_every_error_message_is_bounded(body: bytes) -> None:
+    with pytest.raises(_vmwatch.DecodeError) as info:
+        _vmwatch.decode(body)
+    assert len(str(info.value)) < 2 * MAX_QUOTE + 300, len(str(info.value))
+    assert len(repr(info.value.errors())) < 3 * MAX_QUOTE + 300
+
+
+def test_a_soap_fault_message_is_bounded() -> None:
+    body = (
+        b'<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>'
+        b'<soapenv:Fault><faultcode>' + b'c' * BIG + b'</faultcode><faultstring>' + b'm' * BIG + b'</faultstring>'
+        b'</soapenv:Fault></soapenv:Body></soapenv:Envelope>'
+    )
+    fault = decider().decide(body)
+    assert isinstance(fault, _vmwatch.Fault)
+    assert len(fault.fault_type) < MAX_QUOTE + 50 and len(fault.message) < 1024 + 50
+
+
+def test_long_paths_and_morefs_are_bad_updates_not_kept() -> None:
+    # paths are interned for the cache (at most 64): a hostile path must not be one of them
+    d = decider()
+    long_path = b'p' * (MAX_PATH_LEN + 1)
+    body = doc(
+        object_set(b'vm-1', change(long_path, b'<val>x</val>')),
+        object_set(b'm' * 2000, power()),
+        object_set(b'vm-3', change(b'p' * MAX_PATH_LEN, b'<val>x</val>')),
+    )
+    batch = d.decide(body)
+    assert isinstance(batch, _vmwatch.Batch)
+    assert [(m, k) for m, _, k, _ in batch.bad] == [('vm-1', 'too_long'), (None, 'too_long')]
+    assert batch.objects == 1  # a path at the limit is fine
+
+
+GZIP_CHILD = textwrap.dedent(
+    """
+    import sys
+    from vmwatch import cli
+    code = cli.main(['decode', *sys.argv[1:]])
+    # VmHWM: the peak RSS of this program (ru_maxrss would include the forking parent's peak)
+    peak = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:'))
+    print(peak, file=sys.stderr)
+    sys.exit(code)
+    """
+)
+
+
+def test_the_cli_reports_a_50_mb_value_in_one_short_line(tmp_path: Path) -> None:
+    path = tmp_path / 'op.xml'
+    path.write_bytes(doc(object_set(b'vm-1', change(b'config.name', b'<val>x</val>', op=b'x' * BIG))))
+    proc = subprocess.run([sys.executable, '-c', GZIP_CHILD, str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ''
+    line, _peak = proc.stderr.splitlines()
+    assert line.startswith(f'vmwatch decode: {path}: malformed response at byte offset ') and 'vm-1' in line
+    assert len(line) < 2 * MAX_QUOTE + 300, len(line)  # was 52 MB
+
+
+def test_vmwatch_decode_refuses_a_gzip_bomb_without_inflating_it(tmp_path: Path) -> None:
+    import gzip
+
+    bomb = tmp_path / 'bomb.xml.gz'
+    with gzip.open(bomb, 'wb', compresslevel=1) as f:  # 400 MiB of spaces in ~1.7 MB
+        chunk = b' ' * (16 << 20)
+        for _ in range(25):
+            f.write(chunk)
+    assert bomb.stat().st_size < 4 << 20
+    limit = 64 << 20
+    proc = subprocess.run(
+        [sys.executable, '-c', GZIP_CHILD, '--max-body-bytes', str(limit), str(bomb)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    *lines, peak = proc.stderr.splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert lines == [
+        f'vmwatch decode: {bomb}: refused: inflates to more than the limit of {limit} bytes (--max-body-bytes): '
+        'a gzip bomb?'
+    ]
+    assert int(peak) < limit + (150 << 20), int(peak)  # the interpreter (~60 MB) + at most the limit
+    # a good body under the limit still decodes; a plain file over it is refused by its size
+    from vmwatch.decode import DEFAULT_MAX_BODY_BYTES, BodyTooLargeError, read_body
+
+    assert DEFAULT_MAX_BODY_BYTES == 1 << 30
+    small = tmp_path / 'good.xml.gz'
+    small.write_bytes(gzip.compress(good()))
+    assert read_body(small, max_bytes=len(good())) == good()
+    with pytest.raises(BodyTooLargeError):
+        read_body(small, max_bytes=len(good()) - 1)
+    plain = tmp_path / 'good.xml'
+    plain.write_bytes(good())
+    with pytest.raises(BodyTooLargeError):
+        read_body(plain, max_bytes=10)
+
+
+class _BodyServer:
+    """A real HTTP server on 127.0.0.1 answering every POST with `body` (Content-Length, or chunked)."""
+
+    def __init__(self, body: bytes, *, chunked: bool) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+        self.body, self.chunked = body, chunked
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers['Content-Length']))
+                self.send_response(200)
+                self.send_header('Content-Type', 'text/xml')
+                data = outer.body
+                try:
+                    if outer.chunked:
+                        self.send_header('Transfer-Encoding', 'chunked')
+                        self.end_headers()
+                        for i in range(0, len(data), 1 << 16):
+                            part = data[i : i + (1 << 16)]
+                            self.wfile.write(b'%x\r\n%s\r\n' % (len(part), part))
+                        self.wfile.write(b'0\r\n\r\n')
+                    else:
+                        self.send_header('Content-Length', str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                except OSError:
+                    pass  # the client hung up on a refused body
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.server.daemon_threads = True
+        import threading
+
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f'http://127.0.0.1:{self.server.server_address[1]}/sdk'
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _RawSession:
+    """What Collector.wait needs of a Session, for a plain HTTP server (no vCenter login)."""
+
+    def __init__(self, url: str, tmp: Path) -> None:
+        import http.client
+
+        from vmwatch.vsphere import Endpoint
+
+        (tmp / 'pw').write_text('x')
+        self.endpoint = Endpoint(url=url, user='u', password_file=tmp / 'pw', insecure=True)
+        self.cookie = 'vmware_soap_session=x'
+        self.soap_action = 'urn:vim25/8.0.3.0'
+        self._http = http.client.HTTPConnection
+
+    def connection(self, *, timeout_s: float) -> Any:
+        return self._http(self.endpoint.host, self.endpoint.port, timeout=timeout_s)
+
+
+@pytest.mark.parametrize('chunked', [False, True], ids=['content-length', 'chunked'])
+def test_the_raw_wait_refuses_a_response_over_its_size_cap(tmp_path: Path, chunked: bool) -> None:
+    from vmwatch.vsphere import ProtocolError
+    from vmwatch.vsphere.collector import DEFAULT_MAX_RESPONSE_BYTES, Collector
+
+    assert DEFAULT_MAX_RESPONSE_BYTES == 512 << 20
+    body = good() + b' ' * (1 << 20)  # trailing whitespace: a valid body of ~1 MiB
+    server = _BodyServer(body, chunked=chunked)
+    try:
+        session: Any = _RawSession(server.url, tmp_path)
+        under = Collector(session, 'pc', max_object_updates=100, read_timeout_s=10, max_response_bytes=len(body))
+        assert under.wait('', max_wait_s=1) == body
+        over = Collector(session, 'pc', max_object_updates=100, read_timeout_s=10, max_response_bytes=len(body) - 1)
+        with pytest.raises(ProtocolError, match=r'response too large .*the limit is \d+ bytes, max_response_bytes'):
+            over.wait('', max_wait_s=1)
+        assert over._conn is None  # dropped, not reused half-read
+        under.close()
+        over.close()
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize('stats', [False, True], ids=['records', 'stats'])
+def test_vmwatch_decode_stays_strict_on_a_bad_object_update(tmp_path: Path, stats: bool) -> None:
+    # the watcher skips it; the checker reports it (design.md: exit 2 naming the file and the byte offset)
+    path = tmp_path / 'bad.xml'
+    body = doc(object_set(b'vm-1', power()), object_set(b'vm-2', power()).replace(b'modify', b'sideways'))
+    path.write_bytes(body)
+    args = [str(path), *(['--stats'] if stats else [])]
+    proc = subprocess.run([sys.executable, '-c', GZIP_CHILD, *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ''
+    line, _peak = proc.stderr.splitlines()
+    offset = body.index(b'</kind>', body.index(b'sideways'))
+    assert line == (
+        f'vmwatch decode: {path}: malformed response at byte offset {offset}: invalid update kind "sideways" '
+        f'at byte offset {offset} (object vm-2)'
+    )
+
+
+@pytest.mark.parametrize(
+    'val',
+    [
+        b'<val xsi:type="Foo">' + b'<a>' * 200_000 + b'x' + b'</a>' * 200_000 + b'</val>',
+        b'<val xsi:type="Foo" junk="' + b'J' * (MAX_ATTR_VALUE_LEN + 1) + b'">x</val>',
+        b'<val xsi:type="Foo"' + b''.join(b' a%d="1"' % i for i in range(MAX_ATTRS + 1)) + b'>x</val>',
+        b'<val xsi:type="Foo"><' + b'n' * (MAX_NAME_LEN + 1) + b'>x</' + b'n' * (MAX_NAME_LEN + 1) + b'></val>',
+    ],
+    ids=['deep', 'long-attribute', 'many-attributes', 'long-name'],
+)
+def test_a_broken_limit_in_one_object_update_skips_only_it(val: bytes) -> None:
+    # the limits stay (the strict decode refuses), but the watcher keeps the other VMs of the response
+    body = doc(object_set(b'vm-1', change(b'summary.runtime.powerState', val)), object_set(b'vm-2', power()))
+    kind = rejected(body)['type']
+    batch = decider().decide(body)
+    assert isinstance(batch, _vmwatch.Batch)
+    assert batch.objects == 1 and [(m, k) for m, _, k, _ in batch.bad] == [('vm-1', kind)]

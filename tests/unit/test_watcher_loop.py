@@ -78,6 +78,7 @@ class FakeBatch:
     pending: list[FakePending] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     missing: list[tuple[str, str, str]] = field(default_factory=list)
+    bad: tuple[tuple[str | None, int, str, str], ...] = ()
 
     @property
     def objects(self) -> int:
@@ -335,6 +336,61 @@ async def test_an_undecodable_response_is_a_protocol_error() -> None:
     decider.decide = lambda body: (_ for _ in ()).throw(DecodeError('bad'))  # type: ignore[method-assign]
     async with FakeWatcher(ScriptedCollector([b'<html>']), decider) as w:
         assert isinstance(await w.wait_closed(), ProtocolError)
+
+
+async def test_bad_updates_and_missing_sets_are_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    from vmwatch import problems
+    from vmwatch.metrics import Metrics
+
+    bad = (('vm-3', 1234, 'invalid_value', 'invalid change op "bogus"'), (None, 99, 'unexpected_element', 'x' * 5000))
+    missing = [('vm-1', 'config.numaInfo', 'NoPermission'), ('vm-2', '', 'ManagedObjectNotFound')]
+    pages = {
+        b'1': FakeBatch('v1', signals=[sig('vm-1')], bad=bad, missing=missing),
+        b'2': FakeBatch('v2', missing=missing[:1]),
+    }
+    caplog.set_level('INFO', logger='vmwatch.watcher')
+    async with FakeWatcher(ScriptedCollector([b'1', b'2']), ScriptedDecider(pages)) as w:
+        assert [s.moref for s in await take(w, 1)] == ['vm-1']  # the rest of the response is kept
+        await w.wait_batches(2)
+        assert w.error is None and w.running  # a bad object update is no reason to restart
+        assert w.stats['bad_updates'] == 2
+        assert (w.stats['missing_NoPermission'], w.stats['missing_ManagedObjectNotFound']) == (2, 1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert warnings[0] == (
+        'skipped an undecodable object update of vm-3 at byte offset 1234 (invalid_value): invalid change op "bogus"'
+    )
+    assert warnings[1].startswith('skipped an undecodable object update of an unknown object at byte offset 99 ')
+    assert len(warnings[1]) < 400  # the message is bounded
+    infos = [r.getMessage() for r in caplog.records if r.levelname == 'INFO' and 'cannot report' in r.getMessage()]
+    # once per (VM, path, fault), although vm-1's came twice
+    assert infos == [
+        'vCenter cannot report property config.numaInfo of vm-1: NoPermission',
+        'vCenter cannot report the object of vm-2: ManagedObjectNotFound',
+    ]
+    m = Metrics()
+    seen: dict[str, int] = {}
+    m.observe_problems(w.stats, seen)
+    m.observe_problems(w.stats, seen)  # what was copied is not counted twice
+    text = m.exposition().decode()
+    assert 'vmwatch_bad_object_updates_total 2.0' in text
+    assert 'vmwatch_missing_properties_total{fault="NoPermission"} 2.0' in text
+    assert 'vmwatch_missing_properties_total{fault="ManagedObjectNotFound"} 1.0' in text
+    assert problems.PROBLEMS is not None
+
+
+def test_missing_entries_are_remembered_in_bounded_memory() -> None:
+    from collections import Counter
+
+    from vmwatch.problems import UpdateProblems
+
+    p = UpdateProblems(remember=3, max_faults=2)
+    stats: Counter[str] = Counter()
+    for i in range(10_000):
+        p.report(bad=(), missing=[(f'vm-{i}', 'p' * 10_000, f'Fault{i % 5}')], stats=stats)
+    assert len(p) == 3  # an LRU of the latest
+    assert sorted(stats) == ['missing_Fault0', 'missing_Fault1', 'missing_other']  # labels are bounded too
+    assert sum(stats.values()) == 10_000
+    assert p.fault_label('a b"c') == 'other' and UpdateProblems().fault_label('a b"c{}') == 'a_b_c__'
 
 
 async def test_clean_close_cancels_the_wait_and_ends_iteration() -> None:

@@ -20,13 +20,20 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from vmwatch.vsphere._pyvmomi import PC, vim, vmodl
-from vmwatch.vsphere.errors import NotAuthenticatedError, TransportError, VsphereError, translate
+from vmwatch.vsphere.errors import NotAuthenticatedError, ProtocolError, TransportError, VsphereError, translate
 from vmwatch.vsphere.session import _STALE, Session
 
-__all__ = ['Collector', 'NameFetch', 'fetch_names', 'wait_envelope']
+__all__ = ['DEFAULT_MAX_RESPONSE_BYTES', 'Collector', 'NameFetch', 'fetch_names', 'wait_envelope']
 
 log = logging.getLogger('vmwatch.vsphere')
 
+
+DEFAULT_MAX_RESPONSE_BYTES = 512 << 20
+"""Largest WaitForUpdatesEx response body read (512 MiB). A page of 100 object updates from vCenter is
+well under 10 MB even with megabytes of guestinfo per VM; the cap only stops a broken or hostile server
+from making the process hold gigabytes (the core then needs ~1.4x the body again to decide it)."""
+
+_READ_CHUNK = 1 << 20
 
 _ENVELOPE = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -53,17 +60,29 @@ def wait_envelope(collector_id: str, version: str, *, max_wait_s: int, max_objec
 class Collector:
     """WaitForUpdatesEx on one PropertyCollector, over a dedicated connection. One waiter at a time."""
 
-    def __init__(self, session: Session, collector_id: str, *, max_object_updates: int, read_timeout_s: float) -> None:
+    def __init__(
+        self,
+        session: Session,
+        collector_id: str,
+        *,
+        max_object_updates: int,
+        read_timeout_s: float,
+        max_response_bytes: int | None = None,
+    ) -> None:
         self._session = session
         self._id = collector_id
         self._max_objects = max_object_updates
         self._timeout = read_timeout_s
+        self._max_bytes = DEFAULT_MAX_RESPONSE_BYTES if max_response_bytes is None else max_response_bytes
+        if self._max_bytes < 1:
+            raise ValueError('max_response_bytes must be at least 1')
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()  # guards _conn against close() from another thread
         self._closed = False
 
     def wait(self, version: str, *, max_wait_s: int) -> bytes:
-        """Post WaitForUpdatesEx and return the body (a result or a SOAP fault). Raises TransportError.
+        """Post WaitForUpdatesEx and return the body (a result or a SOAP fault). Raises TransportError, or
+        ProtocolError for a body larger than `max_response_bytes` (the connection is dropped unread).
 
         `read_timeout_s` must exceed `max_wait_s`, so the server always answers first.
         """
@@ -86,7 +105,10 @@ class Collector:
             try:
                 conn.request('POST', s.endpoint.path, body, headers)
                 resp = conn.getresponse()
-                data = resp.read()
+                data = self._read(resp)
+            except ProtocolError:
+                self._drop(conn)
+                raise
             except Exception as e:
                 self._drop(conn)
                 if self._closed:
@@ -108,6 +130,29 @@ class Collector:
                 self._drop(conn)
             return data
         raise AssertionError('unreachable')
+
+    def _read(self, resp: http.client.HTTPResponse) -> bytes:
+        """The body, refusing more than `max_response_bytes` (announced or actually sent)."""
+        cap = self._max_bytes
+        length = resp.getheader('Content-Length')
+        if length is not None and length.strip().isdigit() and int(length) <= cap:
+            return resp.read()
+        if length is not None and length.strip().isdigit():
+            raise self._too_large(f'{int(length)} bytes announced')
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := resp.read(_READ_CHUNK):
+            size += len(chunk)
+            if size > cap:
+                raise self._too_large(f'more than {cap} bytes sent')
+            chunks.append(chunk)
+        return b''.join(chunks)
+
+    def _too_large(self, what: str) -> ProtocolError:
+        return ProtocolError(
+            f'WaitForUpdatesEx on {self._session.endpoint.display_url}: response too large ({what}; '
+            f'the limit is {self._max_bytes} bytes, max_response_bytes): not read'
+        )
 
     def _drop(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
