@@ -97,6 +97,8 @@ class Metrics:
             'vmwatch_requests_dropped',
             'Reconcile requests the work queue refused (full); the VM is forgotten, so its next change signals.',
             ['name'],
+            registry=r,
+        )
         # what a response carried that the watcher could not use (vmwatch/problems.py)
         self.bad_object_updates = Counter(
             'vmwatch_bad_object_updates', 'Object updates skipped because they could not be decoded.', registry=r
@@ -148,18 +150,6 @@ class Metrics:
         counter = self.bad_objects
         bad_objects.on_bad = lambda reason: counter.labels(resource=resource, reason=reason).inc()
 
-
-class CheckpointMetrics:
-    """The Lease holder's delivery checkpoint (kube/checkpoint.py)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.writes = Counter('vmwatch_checkpoint_writes', 'Checkpoint writes by result.', ['result'], registry=r)
-        self.records = Gauge('vmwatch_checkpoint_records', 'VMs in the last checkpoint written or loaded.', registry=r)
-        self.last_write = Gauge(
-            'vmwatch_checkpoint_last_write_timestamp_seconds', 'Unix time of the last checkpoint written.', registry=r
-        )
-        self.load_seconds = Gauge('vmwatch_checkpoint_load_seconds', 'Time the last checkpoint load took.', registry=r)
     def observe_problems(self, stats: Mapping[str, int], seen: dict[str, int]) -> None:
         """Copy a watcher's `bad_updates` and `missing_<fault>` counts (vmwatch/problems.py) into their
         counters. `seen` holds the values copied before from the same watcher (updated here)."""
@@ -174,6 +164,19 @@ class CheckpointMetrics:
             if delta > 0:
                 counter.inc(delta)
                 seen[key] = value
+
+
+class CheckpointMetrics:
+    """The Lease holder's delivery checkpoint (kube/checkpoint.py)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.writes = Counter('vmwatch_checkpoint_writes', 'Checkpoint writes by result.', ['result'], registry=r)
+        self.records = Gauge('vmwatch_checkpoint_records', 'VMs in the last checkpoint written or loaded.', registry=r)
+        self.last_write = Gauge(
+            'vmwatch_checkpoint_last_write_timestamp_seconds', 'Unix time of the last checkpoint written.', registry=r
+        )
+        self.load_seconds = Gauge('vmwatch_checkpoint_load_seconds', 'Time the last checkpoint load took.', registry=r)
 
 
 class HealthServer:
