@@ -21,7 +21,6 @@ from vmwatch.devenv import VcsimServer
 from vmwatch.metrics import Metrics
 from vmwatch.settings import FilterSettings, WatchSettings
 from vmwatch.vsphere import MoRef, ProtocolError, Session
-from vmwatch.vsphere import collector as collector_mod
 from vmwatch.vsphere import inventory as inv
 from vmwatch.watcher import Watcher
 
@@ -64,12 +63,12 @@ class Fleet:
     async def change_ignored(self, ref: MoRef, value: str) -> None:
         await asyncio.to_thread(inv.set_extra_config, self.session, ref, {IGNORED_KEY: value})
 
-    def watcher(self, proxy: ReplayProxy) -> Watcher:
+    def watcher(self, proxy: ReplayProxy, **settings: Any) -> Watcher:
         return Watcher(
             endpoint=proxy.endpoint(),
             containers={self.folder: ['t']},
             index=self.index,
-            settings=WatchSettings(max_wait_s=30),
+            settings=WatchSettings(max_wait_s=30, **settings),
             filter_settings=FilterSettings(watched_paths=PATHS),
         )
 
@@ -173,12 +172,11 @@ async def test_missing_properties_are_logged_once_and_counted(
 
 @pytest.mark.parametrize('chunked', [False, True], ids=['content-length', 'chunked'])
 async def test_a_response_over_the_size_cap_is_a_protocol_error(
-    fleet: Fleet, proxy: ReplayProxy, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, chunked: bool
+    fleet: Fleet, proxy: ReplayProxy, recorder: Recorder, chunked: bool
 ) -> None:
     cap = 256 << 10
-    monkeypatch.setattr(collector_mod, 'DEFAULT_MAX_RESPONSE_BYTES', cap)
     proxy.chunked = chunked
-    async with fleet.watcher(proxy) as w:
+    async with fleet.watcher(proxy, max_response_bytes=cap) as w:
         await w.sync()
         # a body that would decode (whitespace after the envelope), but is 4 times the cap
         proxy.tamper = lambda body: body + b' ' * (4 * cap) if b'<objectSet>' in body else None
