@@ -48,10 +48,12 @@ def test_disabled_run_is_idle_and_lets_zones_go(run_env: Any) -> None:  # noqa: 
     run_env.named_vm('vm-a')
     run_env.vm_change(0, {'vmservice.namespacedName': f'{ns}/vm-a'})
     assert _other_sessions(run_env.session) == set(), 'a disabled vmwatch logs in to vCenter'
-    assert client.CoordinationV1Api(objects.api_client).list_namespaced_lease(ns).items == []  # no election
+    # the Lease is still elected while disabled: only its holder writes (the Zone finalizers above)
+    leases = client.CoordinationV1Api(objects.api_client).list_namespaced_lease(ns).items
+    assert [lease.metadata.name for lease in leases] == ['vmwatch']
 
     # the control: an enabled process on the same setup signals vm-a
-    on = run_env.start('on')
+    on = run_env.start('on', VMWATCH_LEASE_NAME='vmwatch-on')  # its own Lease: the disabled process holds 'vmwatch'
     wait_until(lambda: any(line['name'] == 'vm-a' for line in on.lines()), 'the enabled process signals vm-a')
     assert off.proc.poll() is None, 'the disabled process exited'
     assert off.lines() == []  # nothing emitted while disabled
