@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import logging
 import time
@@ -256,9 +255,7 @@ class Checkpointer:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            with contextlib.suppress(CheckpointError):
-                try:
-                    await self.save()
-                except CheckpointError as e:
-                    log.warning('checkpoint not written (retried in %.0f s): %s', self.interval_s, e)
-                    raise
+            try:
+                await self.save()
+            except CheckpointError as e:
+                log.warning('checkpoint not written (retried in %.0f s): %s', self.interval_s, e)
