@@ -41,6 +41,17 @@ class StreamError(Exception):
     """The apiserver answered with an error status, or an ERROR event that is not 410."""
 
 
+class TooLarge(StreamError):
+    """A watch event longer than the cap: the watch cannot resume past it, so the next attempt relists."""
+
+
+MAX_EVENT_BYTES = 64 << 20
+"""Longest watch event line read (bytes). An object is at most ~1.5 MiB in etcd (its default request limit), so a
+longer line is not a Kubernetes object: the watch is dropped and restarted rather than memory grown without bound."""
+MAX_PAGE_BYTES = 512 << 20
+"""Largest list page read (bytes): `page_size` objects of ~1.5 MiB at most; a larger body fails the list (retried)."""
+
+
 class ListWatchStats:
     """Counters for metrics and tests."""
 
@@ -115,8 +126,12 @@ class ListWatch:
         watch_timeout_s: int = 300,
         connect_timeout_s: float = 10.0,
         backoff_max_s: float = 30.0,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_page_bytes: int = MAX_PAGE_BYTES,
     ) -> None:
         self.api = api
+        self.max_event_bytes = max_event_bytes
+        self.max_page_bytes = max_page_bytes
         self.path = path
         self.page_size = page_size
         self.watch_timeout_s = watch_timeout_s
@@ -244,6 +259,8 @@ class ListWatch:
                     break
                 self.stats.errors += 1
                 self.last_error = exc
+                if isinstance(exc, TooLarge):
+                    resource_version = None  # resuming would send the same event again
                 delay = min(self.backoff_max_s, 0.2 * 2**failures) * random.uniform(0.5, 1.0)
                 failures = min(failures + 1, 20)
                 log.warning('list/watch of %s failed (%s); retrying in %.1f s', self.path, exc, delay)
@@ -258,7 +275,9 @@ class ListWatch:
                 query.append(('continue', cont))
             response = self._request(query, read_timeout_s=60.0)
             try:
-                body = response.read()
+                body = response.read(self.max_page_bytes + 1)
+                if len(body) > self.max_page_bytes:
+                    raise StreamError(f'list {self.path}: a page over {self.max_page_bytes} bytes: not read')
             finally:
                 response.release_conn()
             if response.status == 410 and cont:
@@ -304,19 +323,30 @@ class ListWatch:
             self._close(response)
 
     def _lines(self, response: Any) -> Iterator[bytes]:
-        buffer = b''
+        """The stream's lines (one watch event each), refusing one longer than `max_event_bytes`."""
+        buffer = bytearray()
         for chunk in response.stream(65536):
             if self._stop.is_set():
                 return
-            buffer += chunk
-            if b'\n' not in chunk:
+            end = chunk.rfind(b'\n')
+            if end < 0:
+                buffer += chunk
+                self._check_line(len(buffer))
                 continue
-            *lines, buffer = buffer.split(b'\n')
+            buffer += chunk[:end]
+            lines = bytes(buffer).split(b'\n')
+            buffer = bytearray(chunk[end + 1 :])
             for line in lines:
+                self._check_line(len(line))
                 if line.strip():
                     yield line
+            self._check_line(len(buffer))
         if buffer.strip():
-            yield buffer
+            yield bytes(buffer)
+
+    def _check_line(self, n: int) -> None:
+        if n > self.max_event_bytes:
+            raise TooLarge(f'watch {self.path}: an event over {self.max_event_bytes} bytes: relisting')
 
     def _request(self, query: list[tuple[str, Any]], *, read_timeout_s: float) -> Any:
         """GET the collection with raw (not deserialised) results; returns the urllib3 response."""
