@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from probes import http_get, wait_until
+from probes import http_get, run_env_vars, wait_until
 from rel_helpers import WATCHED_KEY, topology
 from test_run_cmd import RunProcess
 
@@ -130,20 +130,8 @@ def fleet(kube_server: KubeServer, kube_api: client.ApiClient, vcsim_factory: An
         'spec': {'availabilityZoneReference': {'apiVersion': 'v1', 'name': 'a'},
                  'managedVMs': {'folderMoID': folder.value}},
     })  # fmt: skip
-    env = {
-        'VMWATCH_VC_URL': vc.url,
-        'VMWATCH_VC_USER': vc.user,
-        'VMWATCH_VC_PASSWORD_FILE': str(vc.password_file),
-        'VMWATCH_VC_CA_FILE': str(vc.ca_file),
-        'VMWATCH_KUBECONFIG': str(kube_server.kubeconfig),
-        'VMWATCH_LEASE_NAMESPACE': namespace,
-        'VMWATCH_MAX_WAIT_S': '5',
-        'VMWATCH_LEASE_DURATION_S': str(LEASE_S),
-        'VMWATCH_RENEW_DEADLINE_S': '2',
-        'VMWATCH_RETRY_PERIOD_S': '0.25',
-        'VMWATCH_CHECKPOINT_INTERVAL_S': str(CHECKPOINT_S),
-        'VMWATCH_LOG_LEVEL': 'DEBUG',
-    }
+    env = run_env_vars(vc, kube_server.kubeconfig, namespace, VMWATCH_LEASE_DURATION_S=str(LEASE_S),
+                       VMWATCH_CHECKPOINT_INTERVAL_S=str(CHECKPOINT_S))  # fmt: skip
     procs: list[RunProcess] = []
 
     def start(name: str) -> RunProcess:

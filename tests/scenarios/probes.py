@@ -7,6 +7,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def http_get(url: str) -> tuple[int, str]:
@@ -27,3 +29,22 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0
         if time.monotonic() > deadline:
             raise TimeoutError(f'timed out after {timeout_s} s waiting for {what}')
         time.sleep(0.05)
+
+
+def run_env_vars(vc: Any, kubeconfig: Path, lease_namespace: str, **overrides: str) -> dict[str, str]:
+    """The environment of a `vmwatch run` child against vcsim `vc` and a kube-apiserver, with test timings: short
+    waits and a 3 s Lease, DEBUG logs (a failure prints them)."""
+    return {
+        'VMWATCH_VC_URL': vc.url,
+        'VMWATCH_VC_USER': vc.user,
+        'VMWATCH_VC_PASSWORD_FILE': str(vc.password_file),
+        'VMWATCH_VC_CA_FILE': str(vc.ca_file),
+        'VMWATCH_KUBECONFIG': str(kubeconfig),
+        'VMWATCH_LEASE_NAMESPACE': lease_namespace,
+        'VMWATCH_MAX_WAIT_S': '5',
+        'VMWATCH_LEASE_DURATION_S': '3',
+        'VMWATCH_RENEW_DEADLINE_S': '2',
+        'VMWATCH_RETRY_PERIOD_S': '0.25',
+        'VMWATCH_LOG_LEVEL': 'DEBUG',
+        **overrides,
+    }

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import pytest
 from kubernetes import client
-from probes import http_get, wait_until
+from probes import http_get, run_env_vars, wait_until
 
 from vmwatch.devenv import KubeServer, VcsimServer, free_port
 from vmwatch.vsphere import Endpoint, Session
@@ -78,19 +78,7 @@ def run_env(
         'spec': {'availabilityZoneReference': {'apiVersion': 'v1', 'name': 'a'},
                  'managedVMs': {'folderMoID': folder.value}},
     })  # fmt: skip
-    env = {
-        'VMWATCH_VC_URL': vcsim.url,
-        'VMWATCH_VC_USER': vcsim.user,
-        'VMWATCH_VC_PASSWORD_FILE': str(vcsim.password_file),
-        'VMWATCH_VC_CA_FILE': str(vcsim.ca_file),
-        'VMWATCH_KUBECONFIG': str(kube_server.kubeconfig),
-        'VMWATCH_LEASE_NAMESPACE': namespace,
-        'VMWATCH_MAX_WAIT_S': '5',
-        'VMWATCH_LEASE_DURATION_S': '3',
-        'VMWATCH_RENEW_DEADLINE_S': '2',
-        'VMWATCH_RETRY_PERIOD_S': '0.25',
-        'VMWATCH_LOG_LEVEL': 'DEBUG',  # a failure prints the log: make it say what happened
-    }
+    env = run_env_vars(vcsim, kube_server.kubeconfig, namespace)
     procs: list[RunProcess] = []
 
     def start(name: str, stdout: int | None = None, **extra: str) -> RunProcess:
