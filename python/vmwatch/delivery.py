@@ -28,7 +28,7 @@ class DeliveryLedger:
 
     def __init__(self, decider: Decider, queue: WorkQueue) -> None:
         self.decider = decider
-        self._in_queue: dict[Key, dict[str, int]] = {}  # key -> moref -> digest of the latest signal
+        self._in_queue: dict[Key, dict[str, Signal]] = {}  # key -> moref -> its latest signal
         queue.on_idle = self._idle
 
     def __len__(self) -> int:
@@ -36,7 +36,11 @@ class DeliveryLedger:
         return len(self._in_queue)
 
     def enqueued(self, key: Key, signal: Signal) -> None:
-        self._in_queue.setdefault(key, {})[signal.moref] = signal.digest
+        self._in_queue.setdefault(key, {})[signal.moref] = signal
+
+    def signals(self, key: Key) -> list[Signal]:
+        """The latest signal of each VM whose request waits under `key` (what a sink may say about it)."""
+        return list(self._in_queue.get(key, {}).values())
 
     def settled(self, signal: Signal) -> None:
         self.decider.delivered(signal.moref, signal.digest)
@@ -45,5 +49,5 @@ class DeliveryLedger:
         self.decider.forget(signal.moref)
 
     def _idle(self, key: Key) -> None:
-        for moref, digest in self._in_queue.pop(key, {}).items():
-            self.decider.delivered(moref, digest)
+        for signal in self._in_queue.pop(key, {}).values():
+            self.decider.delivered(signal.moref, signal.digest)

@@ -90,6 +90,7 @@ async def test_the_ledger_records_the_latest_digest_per_vm_once_the_key_is_out()
     ledger.enqueued(K, Sig('vm-1', 11))  # type: ignore[arg-type]
     assert await q.get() == K
     assert d.delivered_to == [] and len(ledger) == 1
+    assert ledger.signals(K) == [Sig('vm-1', 11)]
     q.forget(K)
     q.done(K)
     assert d.delivered_to == [('vm-1', 11)] and len(ledger) == 0
