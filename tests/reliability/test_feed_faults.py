@@ -8,6 +8,7 @@ import asyncio
 import logging
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -261,3 +262,23 @@ async def test_a3_a_bad_object_does_not_poison_the_kubernetes_feed(
             'spec cannot name a folder is not kept; each is counted (`vmwatch_bad_objects_total{resource,reason}`) '
             'and logged once, and the VM index and the Zone cache keep listing and watching everything else',
         )  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_zone_reads_and_patches_time_out_on_a_hung_api_server(kube_server: Any, kube_api: Any) -> None:
+    """B1: every Kubernetes call has a timeout, the Zone controller's finalizer patches and reads too."""
+    from vmwatch.kube.zones import custom_objects, patch_finalizers
+
+    ns = 'zt-' + uuid.uuid4().hex[:8]
+    client.CoreV1Api(kube_api).create_namespace({'metadata': {'name': ns}})
+    objects = custom_objects(kube_api)
+    zone = objects.create_namespaced_custom_object('topology.tanzu.vmware.com', 'v1alpha1', ns, 'zones', {
+        'apiVersion': 'topology.tanzu.vmware.com/v1alpha1', 'kind': 'Zone', 'metadata': {'name': 'z', 'namespace': ns},
+        'spec': {'availabilityZoneReference': {'apiVersion': 'v1', 'name': 'a'}}})  # fmt: skip
+    started = time.monotonic()
+    with stopped(kube_server._apiserver):
+        with pytest.raises(Exception):  # noqa: B017 - urllib3's timeout error, whatever its retries wrap it in
+            await asyncio.wait_for(patch_finalizers(objects, zone, ['example.com/x'], timeout_s=1.0), 30)
+    took = time.monotonic() - started
+    assert took < 20, took  # bounded by the timeout and the client's retries, not by the hang
+    objects.delete_namespaced_custom_object('topology.tanzu.vmware.com', 'v1alpha1', ns, 'zones', 'z')

@@ -49,6 +49,9 @@ __all__ = [
 
 log = logging.getLogger('vmwatch.zones')
 
+REQUEST_TIMEOUT_S = 10.0
+"""Timeout of each Zone read and patch (a hung API server fails the reconcile, which is retried with backoff)."""
+
 ZONE_GROUP: Final = 'topology.tanzu.vmware.com'
 ZONE_VERSION: Final = 'v1alpha1'
 ZONE_PLURAL: Final = 'zones'
@@ -310,8 +313,9 @@ class ZoneController:
     async def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             obj = await asyncio.to_thread(
-                self.objects.get_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, namespace, ZONE_PLURAL, name
-            )
+                self.objects.get_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, namespace, ZONE_PLURAL, name,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )  # fmt: skip
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -322,13 +326,15 @@ class ZoneController:
         await patch_finalizers(self.objects, zone, wanted)
 
 
-async def patch_finalizers(objects: Any, zone: dict[str, Any], wanted: Iterable[str]) -> None:
+async def patch_finalizers(
+    objects: Any, zone: dict[str, Any], wanted: Iterable[str], *, timeout_s: float = REQUEST_TIMEOUT_S
+) -> None:
     """Set the Zone's finalizers with a JSON merge patch, locked to the resourceVersion read (409 if stale)."""
     md = zone.get('metadata') or {}
     body = {'metadata': {'finalizers': list(wanted), 'resourceVersion': md.get('resourceVersion')}}
     await asyncio.to_thread(
         objects.patch_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'), ZONE_PLURAL,
-        md.get('name'), body, _content_type='application/merge-patch+json',
+        md.get('name'), body, _content_type='application/merge-patch+json', _request_timeout=timeout_s,
     )  # fmt: skip
 
 
@@ -354,5 +360,5 @@ async def ensure_finalizer(objects: Any, zone: dict[str, Any]) -> None:
                 raise RuntimeError(f'failed to add finalizer to zone {owner_id(zone)}: {e.status} {e.reason}') from e
         zone = await asyncio.to_thread(
             objects.get_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'), ZONE_PLURAL,
-            md.get('name'),
+            md.get('name'), _request_timeout=REQUEST_TIMEOUT_S,
         )  # fmt: skip
