@@ -5,8 +5,10 @@ parses what arrives with the `cloudevents` SDK. Well-formed events, a receiver d
 from __future__ import annotations
 
 import http.server
+import os
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from cloudevents.http import from_http
 from probes import http_get, wait_until
 from test_run_cmd import run_env  # noqa: F401  (the fixture: a namespace, a Zone, helpers to start `vmwatch run`)
@@ -193,3 +196,25 @@ def test_tls_receiver_refused_without_its_ca_and_delivered_with_it(run_env: Any,
         assert q.stop() == 0
     finally:
         receiver.stop()
+
+
+@pytest.mark.parametrize(
+    ('env', 'message'),
+    [
+        ({'VMWATCH_SINK': 'cloudevents'}, '--sink cloudevents needs --sink-url / VMWATCH_SINK_URL'),
+        ({'VMWATCH_SINK': 'cloudevents', 'VMWATCH_SINK_URL': 'http://receiver/'}, 'needs --sink-allow-http'),
+        (
+            {'VMWATCH_SINK': 'cloudevents', 'VMWATCH_SINK_URL': 'https://receiver/', 'VMWATCH_SINK_CA_FILE': '/nope'},
+            "--sink-ca-file '/nope': cannot load the CA bundle",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_sink_settings_exit_2_with_one_line(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    pw = tmp_path / 'pw'
+    pw.write_text('x\n')
+    base = {'VMWATCH_VC_URL': 'https://127.0.0.1:1/sdk', 'VMWATCH_VC_USER': 'u', 'VMWATCH_VC_PASSWORD_FILE': str(pw)}
+    proc = subprocess.run([sys.executable, '-m', 'vmwatch.cli', 'run'], env={**os.environ, **base, **env},
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f'vmwatch run: {proc.stderr.split(": ", 1)[1].strip()}']
+    assert message in proc.stderr
