@@ -218,7 +218,7 @@ class CloudEventsSink:
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             try:
                 status = await loop.run_in_executor(self._pool, self._post, event)
-            except (urllib3.exceptions.HTTPError, OSError) as e:
+            except Exception as e:  # urllib3's, ssl's, OSError; anything the HTTP stack raises is a failed attempt
                 error = f'{type(e).__name__}: {_reason(e)}'
             else:
                 if 200 <= status < 300:

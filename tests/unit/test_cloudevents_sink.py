@@ -171,3 +171,21 @@ def test_refusals_are_retried_per_key_and_three_in_a_row_mean_down(server: _Serv
         assert sink.refused == 3 and q.metrics.retries == 3  # each refused event: the queue's per-key backoff
 
     asyncio.run(main())
+
+
+def test_any_error_of_the_http_stack_is_a_failed_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = _sink('https://127.0.0.1:1/e')
+
+    def broken(event: Any) -> int:
+        raise ValueError('Cannot set verify_mode')  # e.g. an ssl setting urllib3 refuses
+
+    monkeypatch.setattr(sink, '_post', broken)
+
+    async def main() -> None:
+        q = WorkQueue()
+        q.add(('ns', 'a'))
+        with pytest.raises(ReceiverDownError, match='ValueError: Cannot set verify_mode after 3 attempts'):
+            await asyncio.wait_for(sink.run(q), 5)
+        assert q.depth == 1 and q.metrics.retries == 0
+
+    asyncio.run(main())
