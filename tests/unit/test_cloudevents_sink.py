@@ -16,7 +16,14 @@ from typing import Any
 import pytest
 from cloudevents.http import from_http
 
-from vmwatch.cloudevents_sink import EVENT_TYPE, CloudEventsSink, ReceiverDownError, build_event, event_source
+from vmwatch.cloudevents_sink import (
+    EVENT_TYPE,
+    CloudEventsSink,
+    ReceiverDownError,
+    build_event,
+    event_source,
+    safe_url,
+)
 from vmwatch.queue import WorkQueue
 from vmwatch.settings import ServiceSettings, SettingsError
 
@@ -189,3 +196,7 @@ def test_any_error_of_the_http_stack_is_a_failed_attempt(monkeypatch: pytest.Mon
         assert q.depth == 1 and q.metrics.retries == 0
 
     asyncio.run(main())
+
+
+def test_the_logged_url_has_no_query_or_user_info() -> None:
+    assert safe_url('https://u:pw@receiver.example:8443/in?token=s3cret#x') == 'https://receiver.example:8443/in'
