@@ -170,8 +170,21 @@ class Replica:
         self.service = Service(
             settings, api=api, metrics=metrics, disabled=disabled, zone_controller=not settings.leader_elect
         )
-        sink = AnnotateSink(api, annotation=settings.annotation, workers=settings.workers) \
-            if settings.sink == 'annotate' else StdoutSink()  # fmt: skip
+        sink: Any
+        if settings.sink == 'annotate':
+            sink = AnnotateSink(api, annotation=settings.annotation, workers=settings.workers)
+        elif settings.sink == 'cloudevents':
+            from vmwatch.cloudevents_sink import CloudEventsSink, event_source
+
+            sink = CloudEventsSink(
+                settings.sink_url,
+                source=event_source(settings.vc_url),
+                details=self.service.ledger.signals,
+                ca_file=settings.sink_ca_file,
+                workers=settings.workers,
+            )
+        else:
+            sink = StdoutSink()
         self.sinks = SinkRunner(sink, self.service.queue, on_closed=on_closed, on_failure=metrics.sink_failures.inc)
         self.leadership = Leadership(self.service, self.sinks, metrics=metrics, lease_name=settings.lease_name)
         self.elector: LeaderElector | None = None

@@ -220,7 +220,7 @@ class ServiceSettings:
     vc_thumbprint: str = _opt('', "SHA-256 thumbprint of vCenter's certificate (AA:BB:...), instead of a CA file")
     vc_insecure: bool = _opt(False, 'skip TLS verification of vCenter (logged as a warning; never in production)')
     kubeconfig: Path | None = _opt(None, 'kubeconfig file; empty: $KUBECONFIG, else the in-cluster config')
-    sink: str = _opt('stdout', 'where reconcile requests go', choices=('stdout', 'annotate', 'queue'))
+    sink: str = _opt('stdout', 'where reconcile requests go', choices=('stdout', 'annotate', 'queue', 'cloudevents'))
     annotation: str = _opt('vmwatch.dev/async-signal', 'annotation the annotate sink patches on the VirtualMachine')
     workers: int = _opt(4, 'concurrent sink workers', unit='workers')
     health_addr: str = _opt(':8081', 'listen address of /healthz, /readyz and /metrics (host:port)')
@@ -258,6 +258,9 @@ class ServiceSettings:
         'on SIGTERM, how long the queue is drained into the sink before exiting (1 if requests were left)',
         unit='s',
     )
+    sink_url: str = _opt('', 'URL the cloudevents sink POSTs each request to (http:// needs --sink-allow-http)')
+    sink_ca_file: Path | None = _opt(None, "PEM file of the CA that signed the CloudEvents receiver's certificate")
+    sink_allow_http: bool = _opt(False, 'let --sink-url be plain http:// (e.g. an in-cluster broker behind a mesh)')
 
     def validate(self) -> ServiceSettings:
         """Raise SettingsError with one clear message when a value cannot work."""
@@ -286,6 +289,7 @@ class ServiceSettings:
             raise SettingsError('--restart-max-s must not be shorter than --restart-initial-s')
         parse_host_port('--health-addr', self.health_addr)
         self._check_tls()
+        self._check_sink_url()
         _check_names(self)
         return self
 
@@ -297,9 +301,31 @@ class ServiceSettings:
         if self.vc_thumbprint and not _HEX64.fullmatch(self.vc_thumbprint.replace(':', '').lower()):
             raise SettingsError('--vc-thumbprint must be a SHA-256 fingerprint: 64 hex digits, colons optional')
 
+    def _check_sink_url(self) -> None:
+        if self.sink != 'cloudevents':
+            if self.sink_url or self.sink_ca_file is not None:
+                raise SettingsError('--sink-url and --sink-ca-file are only for --sink cloudevents')
+            return
+        if not self.sink_url:
+            raise SettingsError('--sink cloudevents needs --sink-url / VMWATCH_SINK_URL')
+        if _has_user_info(self.sink_url):  # checked first: no later message may echo the URL and its password
+            raise SettingsError('--sink-url must not carry user info (user:password@)')
+        try:
+            parts = urlsplit(self.sink_url)
+            valid = parts.scheme in ('https', 'http') and bool(parts.hostname) and parts.port != 0
+        except ValueError:
+            valid = False
+        if not valid:
+            raise SettingsError('--sink-url is not an http(s) URL with a host')
+        if parts.scheme == 'http' and not self.sink_allow_http:
+            raise SettingsError('a plain http:// --sink-url needs --sink-allow-http')
+        if parts.scheme == 'http' and self.sink_ca_file is not None:
+            raise SettingsError('--sink-ca-file is for an https:// --sink-url')
+
     def check_files(self) -> ServiceSettings:
-        """What validate() cannot see in the values alone: the CA file must load (checked at start)."""
+        """What validate() cannot see in the values alone: the CA files must load (checked at start)."""
         check_ca_file('--vc-ca-file', self.vc_ca_file)
+        check_ca_file('--sink-ca-file', self.sink_ca_file)
         return self
 
     def filter_settings(self) -> FilterSettings:
