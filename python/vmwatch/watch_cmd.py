@@ -20,15 +20,19 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
+import orjson  # cheap (and loaded by vmwatch.logs anyway)
 
-from vmwatch._vmwatch import Signal
 from vmwatch.settings import FilterSettings, SettingsError, WatchSettings, check_ca_file, check_number, parse_bool
 from vmwatch.types import Kind
-from vmwatch.vsphere import Endpoint, MoRef, VsphereError
-from vmwatch.watcher import Watcher
+from vmwatch.vsphere.refs import MoRef
+
+if TYPE_CHECKING:
+    from vmwatch._vmwatch import Signal
+    from vmwatch.vsphere.session import Endpoint
+
+# The watcher and the session (pyVmomi) load in run(), not here: `vmwatch --help` builds this parser.
 
 __all__ = ['add_parser', 'run', 'signal_json']
 
@@ -97,6 +101,8 @@ def add_parser(subparsers: Any) -> None:
 
 def _options(args: argparse.Namespace) -> tuple[Endpoint, dict[MoRef, list[str]], WatchSettings, FilterSettings]:
     """Flags over VMWATCH_* variables; SettingsError (or ValueError from Endpoint) when unusable."""
+    from vmwatch.vsphere.session import Endpoint
+
     url = args.server or _env('VMWATCH_VC_URL')
     user = args.user or _env('VMWATCH_VC_USER')
     password_file = args.password_file or (Path(p) if (p := _env('VMWATCH_VC_PASSWORD_FILE')) else None)
@@ -153,6 +159,8 @@ def signal_json(s: Signal) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmwatch.vsphere.errors import VsphereError
+
     try:
         endpoint, containers, settings, filter_settings = _options(args)
     except (SettingsError, ValueError) as e:
@@ -168,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
 async def _watch(
     endpoint: Endpoint, containers: dict[MoRef, list[str]], settings: WatchSettings, filter_settings: FilterSettings
 ) -> int:
+    from vmwatch.watcher import Watcher
+
     out = sys.stdout.buffer
     loop = asyncio.get_running_loop()
     async with Watcher(

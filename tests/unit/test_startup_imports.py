@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Each command imports only what it needs (issue 13 lever 1, issue 14): checked in a fresh child process.
+
+Timing is measured by benches/startup_bench.py, not asserted here; these tests pin which modules load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vmwatch
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ('kubernetes', 'pyVmomi', 'prometheus_client', 'yaml', 'vmwatch.service', 'vmwatch.watcher')
+CHILD = """
+import json, sys
+for name in {eager!r}:
+    __import__(name)
+from vmwatch.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+sys.stdout.flush()
+print('\\nLOADED ' + json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _vmwatch(*args: str, eager: tuple[str, ...] = ()) -> tuple[int, str, str, set[str]]:
+    """(exit code, stdout, stderr before the report, heavy modules loaded) of `vmwatch ARGS` in a child."""
+    env = {**os.environ, 'COLUMNS': '100'}
+    proc = subprocess.run(
+        [sys.executable, '-c', CHILD.format(eager=eager, heavy=HEAVY), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    err, _, loaded = proc.stderr.rpartition('\nLOADED ')
+    return proc.returncode, proc.stdout, err, set(json.loads(loaded))
+
+
+@pytest.mark.parametrize('args', [('--help',), ('run', '--help'), ('watch', '--help'), ('decode', '--help')])
+def test_help_imports_neither_kubernetes_nor_pyvmomi_nor_the_service(args: tuple[str, ...]) -> None:
+    code, out, _, loaded = _vmwatch(*args)
+    assert code == 0
+    assert out.startswith('usage: vmwatch')
+    assert loaded == set(), f'`vmwatch {" ".join(args)}` imported {sorted(loaded)}'
+
+
+@pytest.mark.parametrize('args', [('--help',), ('run', '--help'), ('watch', '--help'), ('decode', '--help')])
+def test_help_text_is_the_same_as_with_everything_imported(args: tuple[str, ...]) -> None:
+    lazy = _vmwatch(*args)
+    eager = _vmwatch(*args, eager=('vmwatch.service', 'vmwatch.watcher', 'vmwatch.metrics'))
+    assert 'kubernetes' in eager[3]  # the eager child really loaded them
+    assert lazy[:2] == eager[:2]
+
+
+def test_decode_imports_neither_kubernetes_nor_pyvmomi() -> None:
+    code, out, _, loaded = _vmwatch('decode', str(ROOT / 'tests' / 'data' / 'initial-sync.xml'))
+    assert code == 0
+    assert json.loads(out.splitlines()[0])['obj'] == 'vm-82'  # it decoded the file
+    assert loaded == set()
+
+
+def test_watch_up_to_login_imports_pyvmomi_but_not_kubernetes(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on: the login is refused at once
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    password = tmp_path / 'password'
+    password.write_text('p\n')
+    code, _, err, loaded = _vmwatch(
+        'watch', '--server', f'https://127.0.0.1:{port}/sdk', '--user', 'u', '--password-file', str(password),
+        '--insecure', '--container', 'Folder:group-v3',
+    )  # fmt: skip
+    assert code == 1, err
+    assert err.splitlines()[-1].startswith('vmwatch watch: ') and 'Traceback' not in err
+    assert loaded == {'pyVmomi', 'vmwatch.watcher'}
+
+
+def test_import_vmwatch_is_light_and_every_public_name_resolves() -> None:
+    code = (
+        'import sys, vmwatch\n'
+        f'print(sorted(m for m in {HEAVY + ("vmwatch._vmwatch", "vmwatch.settings")!r} if m in sys.modules))'
+    )
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, timeout=60)
+    assert proc.stdout.strip() == '[]'
+    for name in vmwatch.__all__:
+        assert getattr(vmwatch, name) is not None
+        assert name in dir(vmwatch)
+    assert vmwatch.Service.__module__ == 'vmwatch.service'
+    with pytest.raises(AttributeError, match='no attribute'):
+        vmwatch.NoSuchThing  # noqa: B018
+
+
+def test_vsphere_names_resolve_lazily() -> None:
+    from vmwatch import vsphere
+
+    for name in vsphere.__all__:
+        assert getattr(vsphere, name) is not None
+    with pytest.raises(AttributeError, match='no attribute'):
+        vsphere.NoSuchThing  # noqa: B018
