@@ -158,7 +158,21 @@ def signal_json(s: Signal) -> bytes:
     )
 
 
+# pyVmomi loads the type tables of every endpoint it knows when first imported; `vmwatch watch` speaks
+# only to the vim endpoint, so this process skips these (~3 MiB and ~15 ms of start-up).
+_UNUSED_PYVMOMI_TYPES = ('eam', 'pbm', 'sms', 'vslm', 'vsanhealth')
+
+
+def _skip_unused_pyvmomi_types() -> None:
+    """Before pyVmomi's first import in this process (a no-op once it is imported, e.g. by embedding code)."""
+    if 'pyVmomi' in sys.modules:
+        return
+    for name in _UNUSED_PYVMOMI_TYPES:
+        sys.modules.setdefault(f'pyVmomi._typeinfo_{name}', None)  # type: ignore[arg-type]  # None: import fails
+
+
 def run(args: argparse.Namespace) -> int:
+    _skip_unused_pyvmomi_types()
     from vmwatch.vsphere.errors import VsphereError
 
     try:
