@@ -6,6 +6,7 @@ Timing is measured by benches/startup_bench.py, not asserted here; these tests p
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -16,10 +17,12 @@ from pathlib import Path
 import pytest
 
 import vmwatch
+from vmwatch import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ('kubernetes', 'pyVmomi', 'prometheus_client', 'yaml', 'vmwatch.service', 'vmwatch.watcher')
-PYVMOMI_UNUSED = ('pyVmomi._typeinfo_pbm', 'pyVmomi._typeinfo_vsanhealth')  # vmwatch watch needs vim only
+# `vmwatch watch` needs neither pyVmomi's pbm and vSAN health type tables nor the other commands' modules
+NOT_FOR_WATCH = ('pyVmomi._typeinfo_pbm', 'pyVmomi._typeinfo_vsanhealth', 'vmwatch.run_cmd', 'vmwatch.demo')
 CHILD = """
 import json, sys
 for name in {eager!r}:
@@ -39,7 +42,7 @@ def _vmwatch(*args: str, eager: tuple[str, ...] = ()) -> tuple[int, str, str, se
     """(exit code, stdout, stderr before the report, heavy modules loaded) of `vmwatch ARGS` in a child."""
     env = {**os.environ, 'COLUMNS': '100'}
     proc = subprocess.run(
-        [sys.executable, '-c', CHILD.format(eager=eager, heavy=HEAVY + PYVMOMI_UNUSED), *args],
+        [sys.executable, '-c', CHILD.format(eager=eager, heavy=HEAVY + NOT_FOR_WATCH), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -56,7 +59,7 @@ def test_help_imports_neither_kubernetes_nor_pyvmomi_nor_the_service(args: tuple
     code, out, _, loaded = _vmwatch(*args)
     assert code == 0
     assert out.startswith('usage: vmwatch')
-    assert loaded == set(), f'`vmwatch {" ".join(args)}` imported {sorted(loaded)}'
+    assert not loaded & set(HEAVY), f'`vmwatch {" ".join(args)}` imported {sorted(loaded)}'
 
 
 @pytest.mark.parametrize('args', [('--help',), ('run', '--help'), ('watch', '--help'), ('decode', '--help')])
@@ -71,7 +74,7 @@ def test_decode_imports_neither_kubernetes_nor_pyvmomi() -> None:
     code, out, _, loaded = _vmwatch('decode', str(ROOT / 'tests' / 'data' / 'initial-sync.xml'))
     assert code == 0
     assert json.loads(out.splitlines()[0])['obj'] == 'vm-82'  # it decoded the file
-    assert loaded == set()
+    assert loaded == set()  # not even the other commands' modules
 
 
 def test_watch_up_to_login_imports_pyvmomi_but_not_kubernetes(tmp_path: Path) -> None:
@@ -86,7 +89,54 @@ def test_watch_up_to_login_imports_pyvmomi_but_not_kubernetes(tmp_path: Path) ->
     )  # fmt: skip
     assert code == 1, err
     assert err.splitlines()[-1].startswith('vmwatch watch: ') and 'Traceback' not in err
-    assert loaded == {'pyVmomi', 'vmwatch.watcher'}  # and not the pbm or vSAN health type tables
+    assert loaded == {'pyVmomi', 'vmwatch.watcher'}  # not the pbm or vSAN health type tables, nor run_cmd
+
+
+@pytest.mark.parametrize(
+    'argv',
+    [
+        ['--help'],
+        [],
+        ['bogus'],
+        ['--log-level', 'debug', 'watch', '--help'],
+        ['--log-level=debug', 'run', '--help'],
+        ['watch', '--help'],
+        ['watch', '--bogus'],
+        ['run', '--help'],
+        ['run', '--bogus'],
+        ['decode'],
+        ['decode', '--help'],
+        ['demo', '--help'],
+        ['devenv', '--help'],
+        ['devenv', 'up', '--bogus'],
+    ],
+)
+def test_a_commands_own_parser_answers_as_the_whole_parser(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """main() builds only the parser of the command it runs; its help, errors and exit codes are the same."""
+    monkeypatch.setenv('COLUMNS', '100')
+
+    def parse(parser: argparse.ArgumentParser) -> tuple[object, str, str]:
+        try:
+            result: object = vars(parser.parse_args(argv))
+        except SystemExit as e:
+            result = e.code
+        out, err = capsys.readouterr()
+        return result, out, err
+
+    whole = parse(cli.build_parser())
+    own = parse(cli.build_parser(only=cli.command_of(argv)))
+    assert own == whole
+
+
+def test_command_of() -> None:
+    assert cli.command_of(['watch', '--server', 'x']) == 'watch'
+    assert cli.command_of(['--log-level', 'run', 'decode']) == 'decode'  # `run` is the level's value
+    assert cli.command_of(['--log-level=DEBUG', 'devenv', 'up']) == 'devenv'
+    assert cli.command_of(['-h', 'watch']) is None
+    assert cli.command_of(['nope']) is None
+    assert cli.command_of([]) is None
 
 
 def test_import_vmwatch_is_light_and_every_public_name_resolves() -> None:
