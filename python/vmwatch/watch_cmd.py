@@ -13,7 +13,6 @@ with the reason on stderr; bad flags exit 2.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import os
@@ -32,7 +31,8 @@ if TYPE_CHECKING:
     from vmwatch._vmwatch import Signal
     from vmwatch.vsphere.session import Endpoint
 
-# The watcher and the session (pyVmomi) load in run(), not here: `vmwatch --help` builds this parser.
+# asyncio (and ssl with it), the watcher and the session (pyVmomi) load in run(), not here: `vmwatch --help`
+# builds this parser.
 
 __all__ = ['add_parser', 'run', 'signal_json']
 
@@ -173,6 +173,8 @@ def _skip_unused_pyvmomi_types() -> None:
 
 def run(args: argparse.Namespace) -> int:
     _skip_unused_pyvmomi_types()
+    import asyncio
+
     from vmwatch.vsphere.errors import VsphereError
 
     try:
@@ -190,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
 async def _watch(
     endpoint: Endpoint, containers: dict[MoRef, list[str]], settings: WatchSettings, filter_settings: FilterSettings
 ) -> int:
+    import asyncio
+
     from vmwatch.watcher import Watcher
 
     out = sys.stdout.buffer

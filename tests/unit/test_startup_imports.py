@@ -38,11 +38,13 @@ sys.exit(code)
 """
 
 
-def _vmwatch(*args: str, eager: tuple[str, ...] = ()) -> tuple[int, str, str, set[str]]:
+def _vmwatch(
+    *args: str, eager: tuple[str, ...] = (), heavy: tuple[str, ...] = HEAVY + NOT_FOR_WATCH
+) -> tuple[int, str, str, set[str]]:
     """(exit code, stdout, stderr before the report, heavy modules loaded) of `vmwatch ARGS` in a child."""
     env = {**os.environ, 'COLUMNS': '100'}
     proc = subprocess.run(
-        [sys.executable, '-c', CHILD.format(eager=eager, heavy=HEAVY + NOT_FOR_WATCH), *args],
+        [sys.executable, '-c', CHILD.format(eager=eager, heavy=heavy), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -75,6 +77,13 @@ def test_decode_imports_neither_kubernetes_nor_pyvmomi() -> None:
     assert code == 0
     assert json.loads(out.splitlines()[0])['obj'] == 'vm-82'  # it decoded the file
     assert loaded == set()  # not even the other commands' modules
+
+
+@pytest.mark.parametrize('args', [('watch', '--help'), ('decode', str(ROOT / 'tests' / 'data' / 'initial-sync.xml'))])
+def test_watch_help_and_decode_do_not_import_asyncio(args: tuple[str, ...]) -> None:
+    code, _, _, loaded = _vmwatch(*args, heavy=('asyncio', 'ssl'))
+    assert code == 0
+    assert loaded == set()  # asyncio alone (with ssl, OpenSSL) is ~9 MiB of RSS
 
 
 def test_watch_up_to_login_imports_pyvmomi_but_not_kubernetes(tmp_path: Path) -> None:
