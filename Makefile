@@ -82,8 +82,9 @@ benchmark: build-prod ## Decode benchmark: vmwatch vs pyVmomi vs govmomi vs expa
 	$(BIN)/python benches/decode_bench.py
 
 .PHONY: bench
-bench: build-prod servers ## Benchmarks vs a plain pyVmomi watcher (~40 min): benches/results/{pipeline,vcsim}-<date>.json + PNGs
+bench: build-prod servers ## Benchmarks vs a plain pyVmomi watcher (~40 min): benches/results/{startup,pipeline,vcsim}-<date>.json + PNGs
 	$(BIN)/pip install -q 'matplotlib>=3.8'
+	$(BIN)/python benches/startup_bench.py
 	$(BIN)/python benches/pipeline_bench.py --startup-vms 1000 2000
 	$(BIN)/python benches/vcsim_bench.py
 

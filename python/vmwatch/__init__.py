@@ -1,33 +1,63 @@
 # SPDX-License-Identifier: Apache-2.0
 """vmwatch: vSphere changes in, Kubernetes reconcile requests out, fast and without noise."""
 
-from vmwatch._vmwatch import (
-    Batch,
-    Decider,
-    DecodeError,
-    Fault,
-    Index,
-    Pending,
-    Signal,
-    VmwatchError,
-    VmwatchInternalError,
-    __version__,
-    build_info,
-)
-from vmwatch.settings import (
-    DEFAULT_IGNORED_EXTRA_CONFIG_KEYS,
-    DEFAULT_WATCHED_PATHS,
-    FilterSettings,
-    SettingsError,
-    WatchSettings,
-)
+from typing import TYPE_CHECKING
 
-# Heavier pieces load on first use, so `import vmwatch` does not import pyVmomi or the Kubernetes client.
+if TYPE_CHECKING:
+    from vmwatch._vmwatch import (
+        Batch,
+        Decider,
+        DecodeError,
+        Fault,
+        Index,
+        Pending,
+        Signal,
+        VmwatchError,
+        VmwatchInternalError,
+        __version__,
+        build_info,
+    )
+    from vmwatch.queue import WorkQueue
+    from vmwatch.service import Service
+    from vmwatch.settings import (
+        DEFAULT_IGNORED_EXTRA_CONFIG_KEYS,
+        DEFAULT_WATCHED_PATHS,
+        FilterSettings,
+        SettingsError,
+        WatchSettings,
+    )
+    from vmwatch.watcher import AsyncSignalDisabledError, NoWatcherError, Watcher, WatcherSlot
+
+# Every name loads on first use, so `import vmwatch` (and every `vmwatch` command, which imports this
+# package first) pays only for what it touches: no pyVmomi, no Kubernetes client, no settings.
 _LAZY = {
-    'Watcher': 'vmwatch.watcher',
-    'WatcherSlot': 'vmwatch.watcher',
-    'NoWatcherError': 'vmwatch.watcher',
-    'AsyncSignalDisabledError': 'vmwatch.watcher',
+    **dict.fromkeys(
+        (
+            'Batch',
+            'Decider',
+            'DecodeError',
+            'Fault',
+            'Index',
+            'Pending',
+            'Signal',
+            'VmwatchError',
+            'VmwatchInternalError',
+            '__version__',
+            'build_info',
+        ),
+        'vmwatch._vmwatch',
+    ),
+    **dict.fromkeys(
+        (
+            'DEFAULT_IGNORED_EXTRA_CONFIG_KEYS',
+            'DEFAULT_WATCHED_PATHS',
+            'FilterSettings',
+            'SettingsError',
+            'WatchSettings',
+        ),
+        'vmwatch.settings',
+    ),
+    **dict.fromkeys(('Watcher', 'WatcherSlot', 'NoWatcherError', 'AsyncSignalDisabledError'), 'vmwatch.watcher'),
     'Service': 'vmwatch.service',
     'WorkQueue': 'vmwatch.queue',
 }
@@ -39,7 +69,13 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [

@@ -70,7 +70,24 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` runs, when it can be told before parsing (else None: build every parser)."""
+    args = iter(argv)
+    for arg in args:
+        if arg == '--log-level':
+            next(args, None)
+        elif arg.startswith('--log-level='):
+            continue
+        elif arg.startswith('-'):
+            return None  # -h, --help or a usage error: the whole parser answers
+        else:
+            return arg if arg in _COMMANDS or arg == 'devenv' else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole `vmwatch` parser; with `only`, just that subcommand's (what parsing its arguments needs: the
+    other commands' modules are not imported)."""
     parser = Parser(
         prog='vmwatch', description='vSphere changes in, Kubernetes reconcile requests out, fast and without noise.'
     )
@@ -83,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         help='DEBUG, INFO, WARNING or ERROR (default: INFO)',
     )
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    for module_name in _COMMANDS.values():
+    for command, module_name in _COMMANDS.items():
+        if only is not None and command != only:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
@@ -91,12 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # not built yet in this tree
         module.add_parser(sub)
-    _add_devenv(sub)
+    if only is None or only == 'devenv':
+        _add_devenv(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=command_of(argv))
     args = parser.parse_args(argv)
     configure_logging(level=args.root_log_level)  # redacting, as `run` (which sets its own level and format)
     try:

@@ -22,11 +22,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vmwatch.metrics import HealthServer, Metrics
-from vmwatch.service import Service
-from vmwatch.settings import ServiceSettings, async_signal_disabled
+from vmwatch.settings import async_signal_disabled
+
+# `vmwatch --help` and `vmwatch run --help` import this module for add_parser(): the service (the Kubernetes
+# client, pyVmomi) and prometheus_client load only when the command runs.
+if TYPE_CHECKING:
+    from vmwatch.metrics import HealthServer, Metrics
+    from vmwatch.service import Service
+    from vmwatch.settings import ServiceSettings
+else:
+
+    def Service(*args: Any, **kwargs: Any) -> Any:  # vmwatch.service.Service, imported on first use
+        from vmwatch.service import Service as service_class
+
+        return service_class(*args, **kwargs)
+
 
 __all__ = ['Leadership', 'Replica', 'add_parser', 'run']
 
@@ -54,6 +66,7 @@ def run(args: Any) -> int:
     until SIGTERM/SIGINT (exit 0, or 1 when requests were left undelivered or stdout was closed)."""
     from vmwatch.kube.crds import api_client
     from vmwatch.logs import configure_logging
+    from vmwatch.metrics import HealthServer, Metrics
     from vmwatch.settings import SettingsError, load_service_settings, parse_host_port
 
     try:

@@ -11,7 +11,6 @@ import argparse
 import math
 import os
 import re
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -395,6 +394,8 @@ def check_ca_file(flag: str, path: Path | None) -> None:
     """SettingsError unless `path` (when given) is a readable PEM bundle with at least one certificate."""
     if path is None:
         return
+    import ssl  # not at the top: `vmwatch --help` and `import vmwatch` need no TLS
+
     try:
         ssl.create_default_context(cafile=str(path))
     except OSError as e:
