@@ -32,13 +32,6 @@ if TYPE_CHECKING:
     from vmwatch.metrics import HealthServer, Metrics
     from vmwatch.service import Service
     from vmwatch.settings import ServiceSettings
-else:
-
-    def Service(*args: Any, **kwargs: Any) -> Any:  # vmwatch.service.Service, imported on first use
-        from vmwatch.service import Service as service_class
-
-        return service_class(*args, **kwargs)
-
 
 __all__ = ['Leadership', 'Replica', 'add_parser', 'run']
 
@@ -177,6 +170,7 @@ class Replica:
     ) -> None:
         from vmwatch.kube.leader import LeaderElector, LeaseSettings
         from vmwatch.kube.sinks import AnnotateSink, SinkRunner, StdoutSink
+        from vmwatch.service import Service
 
         self.settings = settings
         # with leader election, the Zone controller runs only while this replica holds the Lease (Leadership)
