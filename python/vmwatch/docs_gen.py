@@ -34,6 +34,7 @@ Every setting of `vmwatch run` is a flag and an environment variable. Precedence
 environment variable, then the default. Settings are read once at start; the vCenter user and password
 files are re-read on every login, so a rotated Secret needs no restart. Booleans accept
 true/false, 1/0, yes/no, on/off; a flag given alone (`--vc-insecure`) means true. Lists are comma-separated.
+Settings in seconds (unit `s`) also take Go-style durations: `15s`, `2m`, `1h30m`, `500ms`.
 An empty environment variable counts as unset. In a cluster, every variable is a key of the `vmwatch`
 ConfigMap (`deploy/base/configmap.yaml`, generated from this table); change them in an overlay as
 `deploy/overlays/example` does.

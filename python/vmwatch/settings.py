@@ -33,6 +33,7 @@ __all__ = [
     'check_number',
     'load_service_settings',
     'parse_bool',
+    'parse_duration',
     'parse_host_port',
 ]
 
@@ -432,11 +433,42 @@ def _env_name(name: str) -> str:
     return 'VMWATCH_' + name.upper()
 
 
-def _convert(name: str, raw: str, annotation: Any) -> Any:
+_DURATION_PART = re.compile(r'(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)')
+_DURATION_UNIT_S = {'ns': 1e-9, 'us': 1e-6, 'µs': 1e-6, 'ms': 1e-3, 's': 1.0, 'm': 60.0, 'h': 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from a Go-style duration (`15s`, `2m`, `1h30m`, `500ms`; a leading `-` allowed) or a plain number of
+    seconds (`30`, `0.5`), as Kubernetes controllers spell durations. ValueError for anything else."""
+    raw = text.strip()
+    try:
+        return float(raw)  # plain seconds (also 'nan' / 'inf': the bounds refuse them)
+    except ValueError:
+        pass
+    sign, body = (-1.0, raw[1:]) if raw.startswith('-') else (1.0, raw.removeprefix('+'))
+    total, pos = 0.0, 0
+    for m in _DURATION_PART.finditer(body):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNIT_S[m.group(2)]
+        pos = m.end()
+    if not body or pos != len(body):
+        raise ValueError(f'{text!r} is not a duration')
+    return sign * total
+
+
+def _convert(name: str, raw: str, annotation: Any, unit: str = '') -> Any:
     kind = str(annotation)
     try:
         if kind == 'bool':
             return parse_bool(_env_name(name), raw)
+        if unit == 's' and kind in ('int', 'float'):
+            seconds = parse_duration(raw)
+            if kind == 'int':
+                if seconds != int(seconds):
+                    raise ValueError(raw)
+                return int(seconds)
+            return seconds
         if kind == 'int':
             return int(raw)
         if kind == 'float':
@@ -448,7 +480,10 @@ def _convert(name: str, raw: str, annotation: Any) -> Any:
     except SettingsError:
         raise
     except ValueError:
-        raise SettingsError(f'{_env_name(name)} / --{name.replace("_", "-")}: {raw!r} is not a valid {kind}') from None
+        what = 'duration (30s, 2m, 1h30m, or seconds)' if unit == 's' else kind
+        if unit == 's' and kind == 'int':
+            what = 'duration of whole seconds (30s, 5m, or seconds)'
+        raise SettingsError(f'{_env_name(name)} / --{name.replace("_", "-")}: {raw!r} is not a valid {what}') from None
     return raw
 
 
@@ -457,7 +492,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(ServiceSettings):
         meta = f.metadata
         default = f.default if f.default is not MISSING else None
-        unit = f' [{meta["unit"]}]' if meta['unit'] else ''
+        unit = ' [s, or a duration: 30s, 2m]' if meta['unit'] == 's' else f' [{meta["unit"]}]' if meta['unit'] else ''
         shown = ','.join(default) if isinstance(default, tuple) else ('' if default is None else default)
         bounds = _LIMITS.get(f.name)
         allowed = f'; {bounds[0]:g} to {bounds[1]:g}' if bounds and str(f.type) in ('int', 'float') else ''
@@ -484,7 +519,7 @@ def load_service_settings(args: argparse.Namespace, environ: Mapping[str, str] |
             raw = env.get(_env_name(f.name)) or None  # an empty variable is unset (a ConfigMap lists them all)
         if raw is None:
             continue
-        value = _convert(f.name, str(raw), f.type)
+        value = _convert(f.name, str(raw), f.type, f.metadata['unit'])
         choices = f.metadata['choices']
         if choices and all(c.isupper() for c in choices):
             value = value.upper()
