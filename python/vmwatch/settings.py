@@ -465,7 +465,7 @@ def _convert(name: str, raw: str, annotation: Any, unit: str = '') -> Any:
         if unit == 's' and kind in ('int', 'float'):
             seconds = parse_duration(raw)
             if kind == 'int':
-                if seconds != int(seconds):
+                if not math.isfinite(seconds) or seconds != int(seconds):
                     raise ValueError(raw)
                 return int(seconds)
             return seconds

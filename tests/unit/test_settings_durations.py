@@ -49,7 +49,8 @@ def test_a_bad_duration_is_one_clear_error() -> None:
         SettingsError, match=r"VMWATCH_LEASE_DURATION_S / --lease-duration-s: '15 seconds' is not a valid duration"
     ):
         load(VMWATCH_LEASE_DURATION_S='15 seconds')
-    with pytest.raises(SettingsError, match='whole seconds'):
-        load(VMWATCH_MAX_WAIT_S='1.5s')
+    for bad in ('1.5s', 'inf', 'nan', '-inf'):
+        with pytest.raises(SettingsError, match='whole seconds'):
+            load(VMWATCH_MAX_WAIT_S=bad)
     with pytest.raises(SettingsError, match='renew-deadline'):
         load(VMWATCH_LEASE_DURATION_S='10s', VMWATCH_RENEW_DEADLINE_S='1m').validate()
