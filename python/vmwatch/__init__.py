@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 # Every name loads on first use, so `import vmwatch` (and every `vmwatch` command, which imports this
 # package first) pays only for what it touches: no pyVmomi, no Kubernetes client, no settings.
+from vmwatch._lazy import lazy_exports
+
 _LAZY = {
     **dict.fromkeys(
         (
@@ -63,19 +65,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 __all__ = [

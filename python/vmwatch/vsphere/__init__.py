@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from vmwatch.vsphere.session import Endpoint, Session
     from vmwatch.vsphere.views import Views
 
+from vmwatch._lazy import lazy_exports
+
 _LAZY = {
     **dict.fromkeys(('Collector', 'NameFetch', 'fetch_names'), 'vmwatch.vsphere.collector'),
     **dict.fromkeys(
@@ -46,19 +48,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 
 __all__ = [
