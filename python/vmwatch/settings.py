@@ -135,6 +135,8 @@ DEFAULT_IGNORED_EXTRA_CONFIG_KEYS: tuple[str, ...] = (
 
 FINALIZER = 'vmoperator.vmware.com/zone-finalizer'
 LEGACY_FINALIZER = 'vmoperator.vmware.com/finalizer'  # renamed upstream; stripped when found
+FIELD_MANAGER = 'vmwatch'
+"""The field manager of every write to the API server (Leases, Zone finalizers, annotations, checkpoints)."""
 
 _TRUE = frozenset({'1', 't', 'true', 'y', 'yes', 'on'})
 _FALSE = frozenset({'0', 'f', 'false', 'n', 'no', 'off'})

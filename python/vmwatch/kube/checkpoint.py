@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from vmwatch._vmwatch import Decider
 from vmwatch.metrics import CheckpointMetrics
+from vmwatch.settings import FIELD_MANAGER
 
 __all__ = ['CheckpointError', 'CheckpointStore', 'Checkpointer']
 
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 RECORD_BYTES: Final = 16
 PART_BYTES: Final = 43_200 * RECORD_BYTES  # 691,200 bytes: 921,600 in base64 (900 KiB), under the 1 MiB object cap
 FORMAT: Final = 'vmwatch.dev/delivery-records-v1'
-FIELD_MANAGER: Final = 'vmwatch'
 LABEL: Final = 'vmwatch.dev/checkpoint'
 _ANN = 'vmwatch.dev/checkpoint-'
 

@@ -30,6 +30,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from vmwatch.settings import FIELD_MANAGER
+
 __all__ = ['LeaderElector', 'LeaseSettings', 'default_identity']
 
 log = logging.getLogger(__name__)
@@ -205,7 +207,9 @@ class LeaderElector:
                 raise
             body = self._body(None, holder=self.identity, acquire=now, renew=now, duration=duration, transitions=0)
             try:
-                self.leases.create_namespaced_lease(self.namespace, body, _request_timeout=timeout_s)
+                self.leases.create_namespaced_lease(
+                    self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=timeout_s
+                )
             except ApiException as create_exc:
                 if create_exc.status == 409:  # another candidate created it first
                     return False
@@ -233,7 +237,9 @@ class LeaderElector:
             transitions=transitions,
         )
         try:
-            self.leases.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=timeout_s)
+            self.leases.replace_namespaced_lease(
+                self.name, self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=timeout_s
+            )
         except ApiException as exc:
             if exc.status == 409:  # someone else wrote it between our read and write
                 return False
@@ -255,7 +261,9 @@ class LeaderElector:
                 duration=1,
                 transitions=lease.spec.lease_transitions or 0,
             )
-            self.leases.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=5)
+            self.leases.replace_namespaced_lease(
+                self.name, self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=5
+            )
 
         await asyncio.wait_for(asyncio.to_thread(release), timeout=10)
         log.info('released lease %s/%s', self.namespace, self.name)

@@ -36,6 +36,7 @@ from kubernetes.client.exceptions import ApiException
 
 from vmwatch.kube.index import VM_GROUP, VM_PLURAL, VM_VERSION
 from vmwatch.queue import Key, TokenBucket, WorkQueue
+from vmwatch.settings import FIELD_MANAGER
 
 __all__ = ['SIGNAL_ANNOTATION', 'AnnotateSink', 'Sink', 'SinkClosedError', 'SinkRunner', 'StdoutSink']
 
@@ -117,6 +118,7 @@ class AnnotateSink:
             self.plural,
             name,
             body,
+            field_manager=FIELD_MANAGER,
             _request_timeout=self.request_timeout_s,
         )
 

@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from vmwatch.kube.listwatch import ListWatch, object_name
 from vmwatch.queue import SHUTDOWN, Key, WorkQueue
-from vmwatch.settings import FINALIZER, LEGACY_FINALIZER
+from vmwatch.settings import FIELD_MANAGER, FINALIZER, LEGACY_FINALIZER
 
 __all__ = [
     'ZONE_GROUP',
@@ -334,7 +334,8 @@ async def patch_finalizers(
     body = {'metadata': {'finalizers': list(wanted), 'resourceVersion': md.get('resourceVersion')}}
     await asyncio.to_thread(
         objects.patch_namespaced_custom_object, ZONE_GROUP, ZONE_VERSION, md.get('namespace'), ZONE_PLURAL,
-        md.get('name'), body, _content_type='application/merge-patch+json', _request_timeout=timeout_s,
+        md.get('name'), body, field_manager=FIELD_MANAGER, _content_type='application/merge-patch+json',
+        _request_timeout=timeout_s,
     )  # fmt: skip
 
 
