@@ -111,6 +111,20 @@ def kube_api(kube_server: devenv.KubeServer, request: pytest.FixtureRequest) -> 
 
 
 @pytest.fixture
+def namespace(kube_api: Any) -> Iterator[str]:
+    """A fresh namespace on the session's kube-apiserver for one test, deleted after it."""
+    import uuid
+
+    from kubernetes import client
+
+    name = f'test-{uuid.uuid4().hex[:8]}'
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace({'metadata': {'name': name}})
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
 def vcsim_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., devenv.VcsimServer]]:
     """Start vcsim with the given flags; each call starts another one. Stopped after the test."""
     started: list[devenv.VcsimServer] = []

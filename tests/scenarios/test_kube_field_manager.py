@@ -7,11 +7,8 @@ as the client's default manager instead."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from vmwatch.kube.index import VM_GROUP, VM_PLURAL, VM_VERSION
@@ -20,15 +17,6 @@ from vmwatch.kube.sinks import AnnotateSink
 from vmwatch.kube.zones import ZONE_GROUP, ZONE_PLURAL, ZONE_VERSION, patch_finalizers
 from vmwatch.queue import WorkQueue
 from vmwatch.settings import FIELD_MANAGER, FINALIZER
-
-
-@pytest.fixture
-def namespace(kube_api: Any) -> Iterator[str]:
-    name = f'fm-{uuid.uuid4().hex[:8]}'
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace({'metadata': {'name': name}})
-    yield name
-    core.delete_namespace(name)
 
 
 def managers(obj: Any) -> set[str]:

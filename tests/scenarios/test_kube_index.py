@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,15 +17,6 @@ from vmwatch.kube.index import VM_GROUP, VM_PLURAL, VM_VERSION, VirtualMachineIn
 from vmwatch.kube.priority import PRIORITY_CREATING, PRIORITY_DELETING, PRIORITY_GENERIC
 
 TIMEOUT_S = 20.0
-
-
-@pytest.fixture
-def namespace(kube_api: Any) -> Iterator[str]:
-    name = f'idx-{uuid.uuid4().hex[:8]}'
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace({'metadata': {'name': name}})
-    yield name
-    core.delete_namespace(name)
 
 
 def create_vm(api: Any, ns: str, name: str, *, created: bool = True, uid: str = '') -> str:

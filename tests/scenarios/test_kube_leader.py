@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +13,6 @@ from kubernetes import client
 from vmwatch.kube.leader import LeaderElector, LeaseSettings
 
 FAST = LeaseSettings(lease_duration_s=3.0, renew_deadline_s=2.0, retry_period_s=0.25)
-
-
-@pytest.fixture
-def namespace(kube_api: Any) -> Iterator[str]:
-    name = f'lease-{uuid.uuid4().hex[:8]}'
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace({'metadata': {'name': name}})
-    yield name
-    core.delete_namespace(name)
 
 
 class Candidate:

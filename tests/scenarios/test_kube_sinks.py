@@ -4,25 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from vmwatch.kube.index import VM_GROUP, VM_PLURAL, VM_VERSION
 from vmwatch.kube.sinks import SIGNAL_ANNOTATION, AnnotateSink
 from vmwatch.queue import WorkQueue
-
-
-@pytest.fixture
-def namespace(kube_api: Any) -> Iterator[str]:
-    name = f'sink-{uuid.uuid4().hex[:8]}'
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace({'metadata': {'name': name}})
-    yield name
-    core.delete_namespace(name)
 
 
 def annotations(api: Any, ns: str, name: str) -> dict[str, str]:

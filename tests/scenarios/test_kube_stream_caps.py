@@ -8,24 +8,12 @@ the defaults (64 MiB per event, 512 MiB per page) are far above what etcd stores
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from vmwatch.kube.index import VM_GROUP, VM_PLURAL, VM_VERSION, VirtualMachineIndex
 from vmwatch.kube.listwatch import MAX_EVENT_BYTES, MAX_PAGE_BYTES
-
-
-@pytest.fixture
-def namespace(kube_api: Any) -> Iterator[str]:
-    name = f'cap-{uuid.uuid4().hex[:8]}'
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace({'metadata': {'name': name}})
-    yield name
-    core.delete_namespace(name)
 
 
 def create_vm(api: Any, ns: str, name: str, *, note_bytes: int = 0) -> None:
