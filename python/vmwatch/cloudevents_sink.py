@@ -155,6 +155,7 @@ class CloudEventsSink:
         *,
         source: str,
         details: Callable[[Key], Sequence[SignalLike]] | None = None,
+        source_of: Callable[[SignalLike], str] | None = None,
         ca_file: Path | None = None,
         workers: int = 4,
         connect_timeout_s: float = 5.0,
@@ -164,8 +165,9 @@ class CloudEventsSink:
         backoff_max_s: float = 5.0,
     ) -> None:
         self.url = url
-        self.source = source
+        self.source = source  # requests without details (a resync) and, with `source_of`, its fallback
         self.details = details
+        self.source_of = source_of  # the source of a request from its first signal (its vCenter)
         self.workers = workers
         self.attempts = max(1, attempts)
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
@@ -209,7 +211,8 @@ class CloudEventsSink:
     async def signal(self, queue: WorkQueue, key: Key) -> None:
         """Deliver one request; returns once the receiver accepted it."""
         signals = self.details(key) if self.details is not None else ()
-        event = build_event(key, queue.priority_of(key) or 0, signals, source=self.source)
+        source = (self.source_of(signals[0]) or self.source) if signals and self.source_of is not None else self.source
+        event = build_event(key, queue.priority_of(key) or 0, signals, source=source)
         loop = asyncio.get_running_loop()
         error = ''
         for attempt in range(self.attempts):

@@ -26,10 +26,13 @@ __all__ = ['DeliveryLedger']
 class DeliveryLedger:
     """Which VMs' requests sit in the queue under which key, and at which state digest."""
 
-    def __init__(self, decider: Decider, queue: WorkQueue) -> None:
+    def __init__(self, decider: Decider, queue: WorkQueue | None = None) -> None:
+        """With `queue`, the ledger hears of idle keys itself; without, its owner calls `idle` (several
+        vCenters' ledgers share one queue: the Service fans its idle keys out)."""
         self.decider = decider
         self._in_queue: dict[Key, dict[str, Signal]] = {}  # key -> moref -> its latest signal
-        queue.on_idle = self._idle
+        if queue is not None:
+            queue.on_idle = self.idle
 
     def __len__(self) -> int:
         """Keys with requests on their way (bounded by the queue's depth)."""
@@ -48,6 +51,7 @@ class DeliveryLedger:
     def dropped(self, signal: Signal) -> None:
         self.decider.forget(signal.moref)
 
-    def _idle(self, key: Key) -> None:
+    def idle(self, key: Key) -> None:
+        """The key left the queue: the requests waiting under it were delivered."""
         for signal in self._in_queue.pop(key, {}).values():
             self.decider.delivered(signal.moref, signal.digest)

@@ -138,7 +138,7 @@ async def _demo(vc: Any, kube: Any, out: TextIO) -> int:
             before = len(received)
             say(out, text)
             await asyncio.to_thread(action)
-            watcher = service.slot.watcher
+            watcher = service.shard.slot.watcher
             if watcher is not None:
                 await watcher.sync(timeout_s=30)
             await asyncio.sleep(0.2)  # the queue hand-off to the reconciler task
@@ -146,7 +146,7 @@ async def _demo(vc: Any, kube: Any, out: TextIO) -> int:
             if expect and got == 0:
                 await _until(lambda b=before: len(received) > b, 10, f'a request after: {text}')
             say(out, f'-> {len(received) - before} request(s)')
-        say(out, f'done: {len(received)} requests; cache {service.decider.cache_stats()}')
+        say(out, f'done: {len(received)} requests; cache {service.shard.decider.cache_stats()}')
         return 0
     finally:
         await service.stop()

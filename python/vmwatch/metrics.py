@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from vmwatch.kube.listwatch import BadObjects
     from vmwatch.queue import WorkQueue
 
-__all__ = ['HealthServer', 'Metrics']
+__all__ = ['CheckpointMetrics', 'HealthServer', 'Metrics', 'ShardMetrics']
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -32,33 +32,50 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        # watcher
-        self.watcher_restarts = Counter('vmwatch_watcher_restarts', 'Watcher restarts by cause.', ['cause'], registry=r)
-        self.batches = Counter('vmwatch_batches', 'WaitForUpdatesEx responses decoded.', registry=r)
-        self.object_updates = Counter('vmwatch_object_updates', 'Object updates decoded.', registry=r)
-        self.signals = Counter('vmwatch_signals', 'Signals emitted (real changes).', registry=r)
+        # per vCenter (label vcenter): its shard's watcher, fingerprint cache and index (Metrics.shard)
+        v = ['vcenter']
+        self.watcher_restarts = Counter(
+            'vmwatch_watcher_restarts', 'Watcher restarts by cause.', [*v, 'cause'], registry=r
+        )
+        self.batches = Counter('vmwatch_batches', 'WaitForUpdatesEx responses decoded.', v, registry=r)
+        self.object_updates = Counter('vmwatch_object_updates', 'Object updates decoded.', v, registry=r)
+        self.signals = Counter('vmwatch_signals', 'Signals emitted (real changes).', v, registry=r)
         self.skipped = Counter(
-            'vmwatch_skipped', 'Object updates that did not signal, by reason.', ['reason'], registry=r
+            'vmwatch_skipped', 'Object updates that did not signal, by reason.', [*v, 'reason'], registry=r
         )
         self.validation_gets = Counter(
-            'vmwatch_validation_gets', 'VirtualMachine GETs for signals the index did not have (yet).', registry=r
+            'vmwatch_validation_gets', 'VirtualMachine GETs for signals the index did not have (yet).', v, registry=r
         )
-        self.name_fetches = Counter('vmwatch_name_fetches', 'RetrievePropertiesEx calls fetching VM names.', registry=r)
+        self.name_fetches = Counter('vmwatch_name_fetches', 'RetrievePropertiesEx calls fetching VM names.', v,
+                                    registry=r)  # fmt: skip
         self.batch_seconds = Histogram(
-            'vmwatch_batch_duration_seconds', 'Decode + decide time per response.', buckets=_LATENCY_BUCKETS, registry=r
-        )
+            'vmwatch_batch_duration_seconds', 'Decode + decide time per response.', v, buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )  # fmt: skip
         self.last_wait = Gauge(
             'vmwatch_last_successful_wait_timestamp_seconds',
             'Unix time of the last WaitForUpdatesEx answered without error.',
+            v,
             registry=r,
         )
-        self.cache_hits = Gauge('vmwatch_cache_hits', 'Fingerprint cache hits (cumulative).', registry=r)
-        self.cache_misses = Gauge('vmwatch_cache_misses', 'Fingerprint cache misses (cumulative).', registry=r)
-        self.cache_evictions = Gauge('vmwatch_cache_evictions', 'Fingerprint cache evictions (cumulative).', registry=r)
-        self.cache_items = Gauge('vmwatch_cache_items', 'VMs in the fingerprint cache.', registry=r)
-        self.cache_bytes = Gauge('vmwatch_cache_bytes', 'Approximate bytes held by the fingerprint cache.', registry=r)
-        self.index_size = Gauge('vmwatch_index_size', 'VirtualMachines in the index.', registry=r)
-        self.index_bytes = Gauge('vmwatch_index_bytes', 'Approximate bytes held by the index.', registry=r)
+        self.cache_hits = Gauge('vmwatch_cache_hits', 'Fingerprint cache hits (cumulative).', v, registry=r)
+        self.cache_misses = Gauge('vmwatch_cache_misses', 'Fingerprint cache misses (cumulative).', v, registry=r)
+        self.cache_evictions = Gauge('vmwatch_cache_evictions', 'Fingerprint cache evictions (cumulative).', v,
+                                     registry=r)  # fmt: skip
+        self.cache_items = Gauge('vmwatch_cache_items', 'VMs in the fingerprint cache.', v, registry=r)
+        self.cache_bytes = Gauge('vmwatch_cache_bytes', 'Approximate bytes held by the fingerprint cache.', v,
+                                 registry=r)  # fmt: skip
+        self.index_size = Gauge('vmwatch_index_size', 'VirtualMachines in the index.', v, registry=r)
+        self.index_bytes = Gauge('vmwatch_index_bytes', 'Approximate bytes held by the index.', v, registry=r)
+        self.shard_held = Gauge(
+            'vmwatch_shard_held', "1 while this replica holds the vCenter's shard Lease (and watches it).", v,
+            registry=r,
+        )  # fmt: skip
+        self.zones_unrouted = Gauge(
+            'vmwatch_zones_unrouted', 'Zones naming no configured vCenter (reported, not watched).', registry=r
+        )
+        self.replicas = Gauge('vmwatch_replicas', 'Live replicas sharing the vCenters (membership Leases).',
+                              registry=r)  # fmt: skip
         # client-go workqueue names
         self.queue_depth = Gauge('workqueue_depth', 'Current depth of the work queue.', ['name'], registry=r)
         self.queue_adds = Counter('workqueue_adds', 'Adds handled by the work queue.', ['name'], registry=r)
@@ -78,9 +95,10 @@ class Metrics:
             'leader_election_master_status', '1 while this replica holds the Lease.', ['name'], registry=r
         )
         self.lease_holder = Gauge(
-            'vmwatch_lease_holder', '1 for the identity currently holding the Lease.', ['identity'], registry=r
+            'vmwatch_lease_holder', '1 for the identity currently holding each Lease.', ['name', 'identity'], registry=r
         )
-        self.checkpoint = CheckpointMetrics(r)
+        self._holders: dict[str, str] = {}
+        self.checkpoint = CheckpointFamilies(r)
         self.sink_failures = Counter(
             'vmwatch_sink_failures', 'Times the sink failed and was restarted (or, stdout closed, ended).', registry=r
         )
@@ -101,14 +119,21 @@ class Metrics:
         )
         # what a response carried that the watcher could not use (vmwatch/problems.py)
         self.bad_object_updates = Counter(
-            'vmwatch_bad_object_updates', 'Object updates skipped because they could not be decoded.', registry=r
+            'vmwatch_bad_object_updates', 'Object updates skipped because they could not be decoded.', v, registry=r
         )
         self.missing_properties = Counter(
             'vmwatch_missing_properties',
             'missingSet entries: properties (or objects) vCenter could not report, by fault type.',
-            ['fault'],
+            [*v, 'fault'],
             registry=r,
         )
+        self._shards: dict[str, ShardMetrics] = {}
+
+    def shard(self, vcenter: str) -> ShardMetrics:
+        """The metrics of one vCenter's shard (created at first use, the same object after)."""
+        if vcenter not in self._shards:
+            self._shards[vcenter] = ShardMetrics(self, vcenter)
+        return self._shards[vcenter]
 
     def watch_queue(self, name: str, queue: WorkQueue) -> None:
         """Export `queue` as client-go's workqueue_* series with label name=`name`: latencies and work
@@ -129,18 +154,13 @@ class Metrics:
                     counter.labels(name=name).inc(value - seen[key])
                     seen[key] = value
 
-    def observe_cache(self, stats: dict[str, int]) -> None:
-        """Copy Decider.cache_stats() into the gauges."""
-        self.cache_hits.set(stats.get('hits', 0))
-        self.cache_misses.set(stats.get('misses', 0))
-        self.cache_evictions.set(stats.get('evicted', 0) + stats.get('expired', 0))
-        self.cache_items.set(stats.get('items', 0))
-        self.cache_bytes.set(stats.get('bytes', 0))
-
-    def set_lease_holder(self, identity: str | None) -> None:
-        self.lease_holder.clear()
+    def set_lease_holder(self, lease: str, identity: str | None) -> None:
+        before = self._holders.pop(lease, None)
+        if before is not None:
+            self.lease_holder.remove(lease, before)
         if identity:
-            self.lease_holder.labels(identity=identity).set(1)
+            self._holders[lease] = identity
+            self.lease_holder.labels(name=lease, identity=identity).set(1)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -150,6 +170,42 @@ class Metrics:
         counter = self.bad_objects
         bad_objects.on_bad = lambda reason: counter.labels(resource=resource, reason=reason).inc()
 
+
+class ShardMetrics:
+    """One vCenter's series: the labelled children of Metrics' per-vCenter families (label vcenter=NAME)."""
+
+    def __init__(self, metrics: Metrics, vcenter: str) -> None:
+        m, self.vcenter = metrics, vcenter
+        self.batches = m.batches.labels(vcenter)
+        self.object_updates = m.object_updates.labels(vcenter)
+        self.signals = m.signals.labels(vcenter)
+        self.validation_gets = m.validation_gets.labels(vcenter)
+        self.name_fetches = m.name_fetches.labels(vcenter)
+        self.batch_seconds = m.batch_seconds.labels(vcenter)
+        self.last_wait = m.last_wait.labels(vcenter)
+        self.index_size = m.index_size.labels(vcenter)
+        self.index_bytes = m.index_bytes.labels(vcenter)
+        self.held = m.shard_held.labels(vcenter)
+        self.bad_object_updates = m.bad_object_updates.labels(vcenter)
+        self.dropped = m.dropped.labels(name='virtualmachine')
+        self.checkpoint = CheckpointMetrics(m.checkpoint, vcenter)
+        self._m = m
+
+    def restart(self, cause: str) -> None:
+        self._m.watcher_restarts.labels(self.vcenter, cause).inc()
+
+    def skipped(self, reason: str) -> None:
+        self._m.skipped.labels(self.vcenter, reason).inc()
+
+    def observe_cache(self, stats: dict[str, int]) -> None:
+        """Copy Decider.cache_stats() into the gauges."""
+        m, v = self._m, self.vcenter
+        m.cache_hits.labels(v).set(stats.get('hits', 0))
+        m.cache_misses.labels(v).set(stats.get('misses', 0))
+        m.cache_evictions.labels(v).set(stats.get('evicted', 0) + stats.get('expired', 0))
+        m.cache_items.labels(v).set(stats.get('items', 0))
+        m.cache_bytes.labels(v).set(stats.get('bytes', 0))
+
     def observe_problems(self, stats: Mapping[str, int], seen: dict[str, int]) -> None:
         """Copy a watcher's `bad_updates` and `missing_<fault>` counts (vmwatch/problems.py) into their
         counters. `seen` holds the values copied before from the same watcher (updated here)."""
@@ -157,7 +213,7 @@ class Metrics:
             if key == 'bad_updates':
                 counter = self.bad_object_updates
             elif key.startswith('missing_'):
-                counter = self.missing_properties.labels(fault=key.removeprefix('missing_'))
+                counter = self._m.missing_properties.labels(self.vcenter, key.removeprefix('missing_'))
             else:
                 continue
             delta = value - seen.get(key, 0)
@@ -166,17 +222,33 @@ class Metrics:
                 seen[key] = value
 
 
-class CheckpointMetrics:
-    """The Lease holder's delivery checkpoint (kube/checkpoint.py)."""
+class CheckpointFamilies:
+    """The delivery checkpoints' series (kube/checkpoint.py), label vcenter."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.writes = Counter('vmwatch_checkpoint_writes', 'Checkpoint writes by result.', ['result'], registry=r)
-        self.records = Gauge('vmwatch_checkpoint_records', 'VMs in the last checkpoint written or loaded.', registry=r)
+        r, v = registry, ['vcenter']
+        self.writes = Counter('vmwatch_checkpoint_writes', 'Checkpoint writes by result.', [*v, 'result'], registry=r)
+        self.records = Gauge('vmwatch_checkpoint_records', 'VMs in the last checkpoint written or loaded.', v,
+                             registry=r)  # fmt: skip
         self.last_write = Gauge(
-            'vmwatch_checkpoint_last_write_timestamp_seconds', 'Unix time of the last checkpoint written.', registry=r
-        )
-        self.load_seconds = Gauge('vmwatch_checkpoint_load_seconds', 'Time the last checkpoint load took.', registry=r)
+            'vmwatch_checkpoint_last_write_timestamp_seconds', 'Unix time of the last checkpoint written.', v,
+            registry=r,
+        )  # fmt: skip
+        self.load_seconds = Gauge('vmwatch_checkpoint_load_seconds', 'Time the last checkpoint load took.', v,
+                                  registry=r)  # fmt: skip
+
+
+class CheckpointMetrics:
+    """One shard's checkpoint series (what a Checkpointer updates)."""
+
+    def __init__(self, families: CheckpointFamilies, vcenter: str) -> None:
+        self.writes, self.vcenter = families.writes, vcenter
+        self.records = families.records.labels(vcenter)
+        self.last_write = families.last_write.labels(vcenter)
+        self.load_seconds = families.load_seconds.labels(vcenter)
+
+    def wrote(self, result: str) -> None:
+        self.writes.labels(self.vcenter, result).inc()
 
 
 class HealthServer:
@@ -204,7 +276,13 @@ class HealthServer:
                     self._send(200, b'ok\n', 'text/plain')
                 elif path == '/readyz':
                     ok, reason = outer.ready()
-                    self._send(200 if ok else 503, reason.encode() + b'\n', 'text/plain')
+                    body = reason.encode() + b'\n'
+                    if 'verbose' in self.path.partition('?')[2].split('&') and outer.detail is not None:
+                        lines = [f'[{"+" if c_ok else "-"}]{check} {"ok" if c_ok else "failed"}: {why}'
+                                 for check, c_ok, why in outer.detail()]  # fmt: skip
+                        verdict = 'readyz check passed' if ok else f'readyz check failed: {reason}'
+                        body = '\n'.join([*lines, verdict, '']).encode()
+                    self._send(200 if ok else 503, body, 'text/plain')
                 elif path == '/metrics':
                     if outer.before_scrape is not None:
                         outer.before_scrape()
@@ -224,6 +302,7 @@ class HealthServer:
 
         self.metrics = metrics
         self.ready = ready
+        self.detail: Callable[[], list[tuple[str, bool, str]]] | None = None  # /readyz?verbose: (check, ok, why)
         self.before_scrape = before_scrape
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True

@@ -10,7 +10,7 @@ fault why (e.g. NoPermission). Each (VM, path, fault) is logged once at info, so
 VMs vCenter cannot report, and counted per fault (`missing_<fault>`). "Once" is bounded: the last
 `remember` triples are remembered (an LRU), so memory stays flat whatever vCenter sends.
 
-The counts go into the watcher's `stats`; `Metrics.observe_problems` turns them into
+The counts go into the watcher's `stats`; `ShardMetrics.observe_problems` turns them into
 `vmwatch_bad_object_updates_total` and `vmwatch_missing_properties_total{fault=...}`.
 """
 

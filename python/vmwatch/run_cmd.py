@@ -29,6 +29,8 @@ from vmwatch.settings import async_signal_disabled
 # `vmwatch --help` and `vmwatch run --help` import this module for add_parser(): the service (the Kubernetes
 # client, pyVmomi) and prometheus_client load only when the command runs.
 if TYPE_CHECKING:
+    from vmwatch.kube.leader import LeaderElector
+    from vmwatch.kube.shards import ShardLeases
     from vmwatch.metrics import HealthServer, Metrics
     from vmwatch.service import Service
     from vmwatch.settings import ServiceSettings
@@ -96,47 +98,65 @@ def run(args: Any) -> int:
 
 
 class Leadership:
-    """What only the Lease holder does: watch, reconcile Zones, run the sink. `lead()` is the elector's work
-    (cancelled when the Lease is lost); without leader election it runs for the life of the process."""
+    """What only a shard's Lease holder does: watch its vCenter, reconcile its Zones. The sink and the Zone
+    controller's workers run while this replica holds at least one shard. `lead(shard)` is the shard
+    elector's work (cancelled when its Lease is lost or handed over); without leader election it runs for
+    every shard for the life of the process."""
 
-    def __init__(self, service: Service, sink: Any, *, metrics: Metrics, lease_name: str) -> None:
+    def __init__(self, service: Service, sink: Any, *, metrics: Metrics) -> None:
         from vmwatch.kube.sinks import SinkRunner
 
         self.service = service
         self.sink: SinkRunner = sink
         self.metrics = metrics
-        self.lease_name = lease_name
-        self.leading = False
+        self.held: set[str] = set()
+        self.handing_over: Callable[[str], bool] = lambda shard: False  # True: a voluntary hand-over (ShardLeases)
 
-    async def lead(self) -> None:
-        self.metrics.leader.labels(name=self.lease_name).set(1)
-        self.leading = True
-        self.service.zones.start_reconciling()
-        self.sink.start()
-        await self._finalizers_first()
-        self.service.start_watching()
+    @property
+    def leading(self) -> bool:
+        return bool(self.held)
+
+    async def lead(self, name: str) -> None:
+        shard = self.service.shards[name]
+        self.metrics.leader.labels(name=shard.lease_name).set(1)
+        shard.metrics.held.set(1)
+        first = not self.held
+        self.held.add(name)
+        if first:
+            self.service.zones.start_reconciling()
+            self.sink.start()
+        shard.held = True  # the Zone controller writes for this vCenter's Zones from now on
+        self.service.zones.requeue_all()  # the Zones of this vCenter (the others are skipped)
         try:
+            await self._finalizers_first(name)
+            shard.start_watching()
             await asyncio.Event().wait()  # until the Lease is lost or the process stops (this task is cancelled)
         finally:
-            self.metrics.leader.labels(name=self.lease_name).set(0)
-            # writes first: the request being delivered goes back to the queue, held for the next term
-            await self.sink.stop()
-            await self.service.zones.stop_reconciling()
-            await self.service.stop_watching()
-            self.leading = False
+            self.metrics.leader.labels(name=shard.lease_name).set(0)
+            shard.metrics.held.set(0)
+            self.held.discard(name)
+            if not self.held:  # writes first: the request being delivered goes back to the queue
+                await self.sink.stop()
+                await self.service.zones.stop_reconciling()
+            await shard.stop_watching()
+            if self.handing_over(name):  # still holding the Lease: the next holder starts from here
+                await shard.save_checkpoint()
 
-    async def _finalizers_first(self, timeout_s: float = 5.0) -> None:
-        """Give the Zone controller up to `timeout_s` to add the missing finalizers before the watcher gathers
-        its folders (which adds them too): two writers of one Zone's finalizers would meet in a 409."""
+    async def _finalizers_first(self, name: str, timeout_s: float = 5.0) -> None:
+        """Give the Zone controller up to `timeout_s` to add the missing finalizers of this vCenter's Zones
+        before its watcher gathers its folders (which adds them too): two writers of one Zone's finalizers
+        would meet in a 409."""
         from vmwatch.kube.zones import finalizers, folder_of, is_deleting
         from vmwatch.settings import FINALIZER
 
         cache = self.service.zones.cache
+        router = self.service.router
         deadline = time.monotonic() + timeout_s
         if not await asyncio.to_thread(cache.wait_synced, timeout_s):
             return
         while time.monotonic() < deadline and any(
-            folder_of(z) and not is_deleting(z) and FINALIZER not in finalizers(z) for z in cache.zones()
+            router.zone_vcenter(z) == name and folder_of(z) and not is_deleting(z) and FINALIZER not in finalizers(z)
+            for z in cache.zones()
         ):
             await asyncio.sleep(0.02)
 
@@ -168,7 +188,8 @@ class Replica:
         on_closed: Callable[[BaseException], None] | None = None,
         identity: str | None = None,
     ) -> None:
-        from vmwatch.kube.leader import LeaderElector, LeaseSettings
+        from vmwatch.kube.leader import LeaseSettings
+        from vmwatch.kube.shards import ShardLeases
         from vmwatch.kube.sinks import AnnotateSink, SinkRunner, StdoutSink
         from vmwatch.service import Service
 
@@ -183,64 +204,100 @@ class Replica:
         elif settings.sink == 'cloudevents':
             from vmwatch.cloudevents_sink import CloudEventsSink, event_source
 
+            service = self.service
+            sources = {vc.name: event_source(vc.url) for vc in (s.vcenter for s in service.shards.values())}
             sink = CloudEventsSink(
                 settings.sink_url,
-                source=event_source(settings.vc_url),
-                details=self.service.ledger.signals,
+                source=next(iter(sources.values())) if len(sources) == 1 else f'/vmwatch/{settings.lease_name}',
+                details=service.signals,
+                source_of=lambda signal: sources.get(service.vcenter_of(signal), ''),
                 ca_file=settings.sink_ca_file,
                 workers=settings.workers,
             )
         else:
             sink = StdoutSink()
         self.sinks = SinkRunner(sink, self.service.queue, on_closed=on_closed, on_failure=metrics.sink_failures.inc)
-        self.leadership = Leadership(self.service, self.sinks, metrics=metrics, lease_name=settings.lease_name)
-        self.elector: LeaderElector | None = None
+        self.leadership = Leadership(self.service, self.sinks, metrics=metrics)
+        self.leases: ShardLeases | None = None
         if settings.leader_elect:
-            self.elector = LeaderElector(
+            self.leases = ShardLeases(
                 api,
                 namespace=settings.resolved_lease_namespace(),
-                name=settings.lease_name,
+                lease_name=settings.lease_name,
+                shards=[(name, shard.lease_name) for name, shard in self.service.shards.items()],
                 identity=identity,
                 settings=LeaseSettings(
                     lease_duration_s=settings.lease_duration_s,
                     renew_deadline_s=settings.renew_deadline_s,
                     retry_period_s=settings.retry_period_s,
                 ),
-                on_new_leader=metrics.set_lease_holder,
+                on_new_leader=lambda shard, holder: metrics.set_lease_holder(
+                    self.service.shards[shard].lease_name, holder
+                ),  # fmt: skip
+                on_replicas=metrics.replicas.set,
             )
-        self._task: asyncio.Task[None] | None = None
+            electors = self.leases.electors
+            self.leadership.handing_over = lambda shard: electors[shard].stepping_down
+        self._task: asyncio.Future[Any] | None = None
         self._stopped: bool | None = None  # stop()'s result once it ran
+
+    @property
+    def elector(self) -> LeaderElector | None:
+        """The one shard's elector (None without leader election; ValueError with several vCenters)."""
+        if self.leases is None:
+            return None
+        if len(self.leases.electors) != 1:
+            raise ValueError('several vCenters: use leases.electors[name]')
+        return next(iter(self.leases.electors.values()))
 
     def ready(self) -> tuple[bool, str]:
         ok, reason = self.sinks.ready()
         if not ok:
             return ok, reason
-        if self.elector is not None and not self.elector.is_leader:
-            return True, f'standby: not the leader (holder: {self.elector.leader or "none"})'
+        if self.leases is not None and not self.leadership.leading:
+            electors = self.leases.electors
+            if len(electors) == 1:
+                return True, f'standby: not the leader (holder: {next(iter(electors.values())).leader or "none"})'
+            holders = ', '.join(f'{n}: {e.leader or "none"}' for n, e in electors.items())
+            return True, f'standby: holding no vCenter (holders: {holders})'
         return self.service.ready()
 
+    def ready_detail(self) -> list[tuple[str, bool, str]]:
+        """(check, ok, reason) lines of /readyz?verbose: the sink, then each vCenter."""
+        ok, reason = self.sinks.ready()
+        lines = [('sink', ok, reason)]
+        for check, shard_ok, shard_reason in self.service.ready_detail():
+            name = check.removeprefix('vcenter ')
+            if self.leases is not None and name not in self.leadership.held:
+                holder = self.leases.electors[name].leader or 'none'
+                shard_ok, shard_reason = True, f'standby (holder: {holder})'
+            lines.append((check, shard_ok, shard_reason))
+        return lines
+
     async def start(self, *, release: bool = True) -> None:
-        """Start the caches (every replica keeps them warm) and campaign for the Lease (`release=False`: the
-        Lease is kept on stop and expires, as after a crash)."""
+        """Start the caches (every replica keeps them warm) and campaign for the shard Leases (`release=False`:
+        the Leases are kept on stop and expire, as after a crash)."""
         await self.service.start()
         lead = self.leadership.lead
-        work = self.elector.run(lead, release=release) if self.elector is not None else lead()
-        self._task = asyncio.create_task(work, name='vmwatch-lead')
+        if self.leases is not None:
+            self._task = asyncio.create_task(self.leases.run(lead, release=release), name='vmwatch-leases')
+        else:
+            self._task = asyncio.ensure_future(asyncio.gather(*(lead(name) for name in self.service.shards)))
 
     async def stop(self, *, grace_s: float = 0.0) -> bool:
-        """Stop watching, drain the queue into the sink for at most `grace_s` (only the holder runs a sink),
+        """Stop watching, drain the queue into the sink for at most `grace_s` (only a holder runs a sink),
         step down and stop (once). True when no request was left undelivered."""
         if self._stopped is not None:
             return self._stopped
         self._stopped = False
-        leading = self.service.active
+        held = [s for s in self.service.shards.values() if s.held]
         await self.service.stop_watching()  # no new requests
         delivered = await _drain(self.service, self.sinks, grace_s)
-        if leading:  # still the Lease holder: the last checkpoint records the deliveries of the drain
-            await self.service.save_checkpoint()
+        for shard in held:  # still the Lease holder: the last checkpoint records the deliveries of the drain
+            await shard.save_checkpoint()
         if self._task is not None:
-            if self.elector is not None:
-                self.elector.stop()  # cancels lead() and releases the Lease
+            if self.leases is not None:
+                self.leases.stop()  # cancels lead() and releases the Leases
             else:
                 self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -263,6 +320,7 @@ async def _serve(settings: ServiceSettings, api: Any, disabled: bool, metrics: M
 
     replica = Replica(settings, api, metrics=metrics, disabled=disabled, on_closed=closed)
     health.ready, health.before_scrape = replica.ready, replica.service.refresh_metrics
+    health.detail = replica.ready_detail
     health.start()
     log.info('health and metrics on %s:%d', *health.address)
     loop = asyncio.get_running_loop()

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from vmwatch.vcenters import VCenter, VCenterConfigError, has_user_info, load_vcenters_file
+
 __all__ = [
     'DEFAULT_IGNORED_EXTRA_CONFIG_KEYS',
     'DEFAULT_WATCHED_PATHS',
@@ -221,6 +223,11 @@ class ServiceSettings:
     vc_ca_file: Path | None = _opt(None, "PEM file of the CA that signed vCenter's certificate")
     vc_thumbprint: str = _opt('', "SHA-256 thumbprint of vCenter's certificate (AA:BB:...), instead of a CA file")
     vc_insecure: bool = _opt(False, 'skip TLS verification of vCenter (logged as a warning; never in production)')
+    vcenters_file: Path | None = _opt(
+        None,
+        'YAML file listing several vCenters (name, url, user or userFile, passwordFile, caFile or thumbprint or '
+        'insecure), instead of the --vc-* flags; each vCenter is a shard with its own Lease <lease-name>-<name>',
+    )
     kubeconfig: Path | None = _opt(None, 'kubeconfig file; empty: $KUBECONFIG, else the in-cluster config')
     sink: str = _opt('stdout', 'where reconcile requests go', choices=('stdout', 'annotate', 'queue', 'cloudevents'))
     annotation: str = _opt('vmwatch.dev/async-signal', 'annotation the annotate sink patches on the VirtualMachine')
@@ -266,18 +273,12 @@ class ServiceSettings:
 
     def validate(self) -> ServiceSettings:
         """Raise SettingsError with one clear message when a value cannot work."""
-        if not self.vc_url:
-            raise SettingsError('--vc-url / VMWATCH_VC_URL is required')
-        if _has_user_info(self.vc_url):  # checked first: no later message may echo the URL and its password
-            raise SettingsError(
-                '--vc-url must not carry user info (user:password@): use --vc-user and --vc-password-file'
-            )
-        if not self.vc_url.startswith(('https://', 'http://')):
-            raise SettingsError(f'--vc-url {self.vc_url!r} is not an http(s) URL')
-        if not (self.vc_user or self.vc_user_file):
-            raise SettingsError('--vc-user or --vc-user-file is required')
-        if self.vc_password_file is None:
-            raise SettingsError('--vc-password-file / VMWATCH_VC_PASSWORD_FILE is required')
+        if self.vcenters_file is not None:
+            given = [f'--{f.replace("_", "-")}' for f in _VC_FLAGS if getattr(self, f) not in ('', None, False)]
+            if given:
+                raise SettingsError(f'--vcenters-file cannot be combined with {", ".join(given)}')
+        else:
+            self._check_vc_flags()
         for f in fields(self):
             if str(f.type) in ('int', 'float'):
                 check_number(f.name, getattr(self, f.name), *_LIMITS.get(f.name, _DEFAULT_LIMITS))
@@ -290,18 +291,19 @@ class ServiceSettings:
         if self.restart_max_s < self.restart_initial_s:
             raise SettingsError('--restart-max-s must not be shorter than --restart-initial-s')
         parse_host_port('--health-addr', self.health_addr)
-        self._check_tls()
         self._check_sink_url()
         _check_names(self)
         return self
 
-    def _check_tls(self) -> None:
-        if self.vc_url.startswith('http://') and not self.vc_insecure:
-            raise SettingsError('a plain http:// --vc-url needs --vc-insecure')
-        if self.vc_insecure and (self.vc_ca_file is not None or self.vc_thumbprint):
-            raise SettingsError('--vc-insecure cannot be combined with --vc-ca-file or --vc-thumbprint')
-        if self.vc_thumbprint and not _HEX64.fullmatch(self.vc_thumbprint.replace(':', '').lower()):
-            raise SettingsError('--vc-thumbprint must be a SHA-256 fingerprint: 64 hex digits, colons optional')
+    def _check_vc_flags(self) -> None:
+        if not self.vc_url:
+            raise SettingsError('--vc-url / VMWATCH_VC_URL (or --vcenters-file) is required')
+        if self.vc_password_file is None and self.vc_url and (self.vc_user or self.vc_user_file):
+            raise SettingsError('--vc-password-file / VMWATCH_VC_PASSWORD_FILE is required')
+        try:
+            self.vcenters()[0].check()
+        except VCenterConfigError as e:
+            raise SettingsError(str(e)) from None
 
     def _check_sink_url(self) -> None:
         if self.sink != 'cloudevents':
@@ -310,7 +312,7 @@ class ServiceSettings:
             return
         if not self.sink_url:
             raise SettingsError('--sink cloudevents needs --sink-url / VMWATCH_SINK_URL')
-        if _has_user_info(self.sink_url):  # checked first: no later message may echo the URL and its password
+        if has_user_info(self.sink_url):  # checked first: no later message may echo the URL and its password
             raise SettingsError('--sink-url must not carry user info (user:password@)')
         try:
             parts = urlsplit(self.sink_url)
@@ -325,10 +327,43 @@ class ServiceSettings:
             raise SettingsError('--sink-ca-file is for an https:// --sink-url')
 
     def check_files(self) -> ServiceSettings:
-        """What validate() cannot see in the values alone: the CA files must load (checked at start)."""
-        check_ca_file('--vc-ca-file', self.vc_ca_file)
+        """What validate() cannot see in the values alone: the vCenters file must be usable and the CA files must
+        load (checked at start)."""
+        for vc in self.vcenters():
+            check_ca_file('--vc-ca-file' if self.vcenters_file is None else f'vcenter {vc.name!r}: caFile', vc.ca_file)
         check_ca_file('--sink-ca-file', self.sink_ca_file)
         return self
+
+    def vcenters(self) -> list[VCenter]:
+        """The vCenters to watch: the file's (read now), else the one the --vc-* flags define (named `default`)."""
+        if self.vcenters_file is None:
+            return [
+                VCenter(
+                    url=self.vc_url,
+                    user=self.vc_user,
+                    user_file=self.vc_user_file,
+                    password_file=self.vc_password_file,
+                    ca_file=self.vc_ca_file,
+                    thumbprint=self.vc_thumbprint,
+                    insecure=self.vc_insecure,
+                )
+            ]
+        try:
+            vcenters = load_vcenters_file(self.vcenters_file)
+        except VCenterConfigError as e:
+            raise SettingsError(f'--vcenters-file: {e}') from None
+        for vc in vcenters:
+            lease = self.shard_lease_name(vc.name, several=True)
+            if len(lease) > _MAX_SHARD_LEASE:
+                raise SettingsError(f'--lease-name {self.lease_name!r} and vcenter {vc.name!r} make the Lease name '
+                                    f'{lease!r}, longer than {_MAX_SHARD_LEASE} characters')  # fmt: skip
+        return vcenters
+
+    def shard_lease_name(self, vcenter: str, *, several: bool | None = None) -> str:
+        """The Lease of one vCenter's shard: `<lease-name>-<vcenter>`; the --vc-* flags' one vCenter keeps
+        `<lease-name>` (so an upgrade keeps its Lease and checkpoint)."""
+        from_file = self.vcenters_file is not None if several is None else several
+        return f'{self.lease_name}-{vcenter}' if from_file else self.lease_name
 
     def filter_settings(self) -> FilterSettings:
         return FilterSettings(
@@ -374,6 +409,10 @@ _LIMITS: dict[str, tuple[float, float]] = {
 _DEFAULT_LIMITS = (0.0, 1e9)  # a numeric setting added without bounds: at least finite and not negative
 
 
+_VC_FLAGS = ('vc_url', 'vc_user', 'vc_user_file', 'vc_password_file', 'vc_ca_file', 'vc_thumbprint', 'vc_insecure')
+_MAX_SHARD_LEASE = 63  # a shard's Lease name is the label value of its checkpoint ConfigMaps (at most 63)
+
+
 def check_number(name: str, value: float, low: float, high: float) -> None:
     """SettingsError unless `value` is finite and within [low, high]; the message names flag, variable and unit."""
     if not math.isfinite(value) or not low <= value <= high:
@@ -406,15 +445,6 @@ def check_ca_file(flag: str, path: Path | None) -> None:
         raise SettingsError(f'{flag} {str(path)!r}: cannot load the CA bundle: {reason}') from None
 
 
-def _has_user_info(url: str) -> bool:
-    try:
-        parts = urlsplit(url if '://' in url else f'https://{url}')
-        return parts.username is not None or parts.password is not None
-    except ValueError:
-        return '@' in url
-
-
-_HEX64 = re.compile(r'[0-9a-f]{64}')
 _DNS_LABEL = re.compile(r'[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?')
 _DNS_SUBDOMAIN = re.compile(r'(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')
 _QUALIFIED_NAME = re.compile(r'[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?')
@@ -424,6 +454,8 @@ def _check_names(s: ServiceSettings) -> None:
     """Kubernetes names the API would refuse on every write: refused at start instead."""
     if not _DNS_SUBDOMAIN.fullmatch(s.lease_name):
         raise SettingsError(f'--lease-name {s.lease_name!r} is not a Kubernetes object name (DNS subdomain)')
+    if len(s.lease_name) > _MAX_SHARD_LEASE:  # it labels the checkpoint ConfigMaps and the membership Leases
+        raise SettingsError(f'--lease-name {s.lease_name[:80]!r} is longer than {_MAX_SHARD_LEASE} characters')
     if s.lease_namespace and not _DNS_LABEL.fullmatch(s.lease_namespace):
         raise SettingsError(f'--lease-namespace {s.lease_namespace!r} is not a Kubernetes namespace name')
     prefix, _, name = s.annotation.rpartition('/')

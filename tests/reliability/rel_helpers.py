@@ -99,8 +99,8 @@ async def make_fleet(env: ServiceEnv, n: int, *, verified: bool = True, zone: bo
     env.service.start_watching()
     await until(lambda: env.service.watching, 'the watcher to start')
     if zone:
-        watched = lambda: env.service.slot.watcher is not None and folder in env.service.slot.watcher.owners()  # noqa: E731
-        await until(watched, 'the zone folder watched')
+        slot = env.service.shard.slot
+        await until(lambda: slot.watcher is not None and folder in slot.watcher.owners(), 'the zone folder watched')
     await env.settle()
     return Fleet(env=env, folder=folder, vms=vms)
 
@@ -122,7 +122,7 @@ async def relogin(env: ServiceEnv) -> None:
 
 async def new_login(env: ServiceEnv, since: int, what: str = 'a new login', *, timeout_s: float = 30.0) -> None:
     """Wait for a login after the first `since` ones, and the watcher it starts."""
-    await until(lambda: env.service.logins > since and env.service.watching, what, timeout_s=timeout_s)
+    await until(lambda: env.service.shard.logins > since and env.service.watching, what, timeout_s=timeout_s)
 
 
 def terminate(session: Session, victim: Session) -> None:

@@ -157,16 +157,17 @@ async def test_missing_properties_are_logged_once_and_counted(
         assert w.stats['missing_NoPermission'] == 2
         assert [s.moref for s in w.drain()] == [vm.value]  # the rest of that object's update still counts
         m = Metrics()
-        m.observe_problems(w.stats, {})
+        m.shard('default').observe_problems(w.stats, {})
     lines = [r.getMessage() for r in caplog.records if r.levelname == 'INFO' and 'cannot report' in r.getMessage()]
     assert lines == [f'vCenter cannot report property config.numaInfo of {vm.value}: NoPermission']  # once
     text = m.exposition().decode()
-    assert 'vmwatch_missing_properties_total{fault="NoPermission"} 2.0' in text
+    assert 'vmwatch_missing_properties_total{fault="NoPermission",vcenter="default"} 2.0' in text
     recorder.record(
         'A7', lost=0, test=TEST + 'test_missing_properties_are_logged_once_and_counted',
         did='two responses replayed over HTTP carry a missingSet (config.numaInfo, NoPermission) for one VM: one '
-        'info line names the VM, the path and the fault; vmwatch_missing_properties_total{fault="NoPermission"} '
-        'counts 2; the power-on in the same objectSet still signals',
+        'info line names the VM, the path and the fault; '
+        'vmwatch_missing_properties_total{fault="NoPermission",vcenter="default"} counts 2; the power-on in the '
+        'same objectSet still signals',
     )  # fmt: skip
 
 

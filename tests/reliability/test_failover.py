@@ -164,7 +164,7 @@ def watching(p: RunProcess) -> bool:
 
 
 def checkpoints_written(p: RunProcess) -> float:
-    return metric(p, 'vmwatch_checkpoint_writes_total{result="ok"}')
+    return metric(p, 'vmwatch_checkpoint_writes_total{result="ok",vcenter="default"}')
 
 
 def unneeded(changes: Changes, reqs: dict[str, list[tuple[float, str]]], who: str) -> list[str]:

@@ -64,9 +64,9 @@ async def test_j_crds_missing_at_startup(
         with api:
             async with service_env(api, vc, max_wait_s=2) as env:
                 env.service.start_watching()
-                await until(lambda: env.service.logins >= 2, 'retried watcher starts')
+                await until(lambda: env.service.shard.logins >= 2, 'retried watcher starts')
                 assert not env.service.watching
-                assert 'CustomResourceDefinition installed?' in env.service.status, env.service.status
+                assert 'CustomResourceDefinition installed?' in env.service.shard.status, env.service.shard.status
                 errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
                 assert any('CustomResourceDefinition installed?' in m for m in errors), errors
                 await asyncio.to_thread(install_crds, api)

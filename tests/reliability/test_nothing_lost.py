@@ -135,13 +135,13 @@ class Driver:
                 await self.env.vsphere(power, ref, True)
         for name in self.rng.sample(self.fleet.names, 2):
             await (self.watched_change(name) if self.rng.random() < 0.6 else self.ignored_change(name))
-        logins = self.env.service.logins
+        logins = self.env.service.shard.logins
         self.service_password.write_text(self.vc.password + '\n')
         await new_login(self.env, logins, 'the service back')
 
     async def terminate_session(self) -> None:
         self.trace.append('terminate the service session')
-        victim = self.env.service.session
+        victim = self.env.service.shard.session
         if victim is not None and self.env.service.watching:
             try:
                 await self.env.vsphere(terminate, victim)
@@ -183,8 +183,11 @@ async def run_seed(kube_api: client.ApiClient, vc: VcsimServer, tmp_path: Path, 
     overrides: dict[str, Any] = dict(vc_password_file=service_password, max_wait_s=2)
     async with service_env(kube_api, vc, **overrides) as env:
         s = env.service
-        s.settings = StableSettings(**{f.name: getattr(s.settings, f.name) for f in fields(ServiceSettings)})
-        s.decider = make_decider(s.settings.filter_settings(), s.index.index)
+        s.settings = s.shard.settings = StableSettings(**{f.name: getattr(s.settings, f.name)
+                                                           for f in fields(ServiceSettings)})  # fmt: skip
+        s.shard.decider = s.shard.ledger.decider = make_decider(s.settings.filter_settings(), s.index.index)
+        if s.shard.checkpointer is not None:
+            s.shard.checkpointer.decider = s.shard.decider
         fleet = await make_fleet(env, N_VMS, verified=True, zone=False)
         driver = Driver(env, fleet, vc, service_password, rng)
         # half the VMs lose their uniqueID link and are named by extraConfig instead
@@ -198,7 +201,7 @@ async def run_seed(kube_api: client.ApiClient, vc: VcsimServer, tmp_path: Path, 
                 inv.set_extra_config, fleet.vms[name], {'vmservice.namespacedName': f'{env.namespace}/{name}'}
             )
         env.create_zone('zone-0', fleet.folder.value)
-        await until(lambda: s.watching and fleet.folder in s.slot.watcher.owners(), 'the zone folder watched')  # type: ignore[union-attr]
+        await until(lambda: s.watching and fleet.folder in s.shard.slot.watcher.owners(), 'the zone folder watched')  # type: ignore[union-attr]
         await env.settle()
         fleet.changed_at.clear()
         baseline = len(env.received)  # the first settle point: requests are counted from here

@@ -41,8 +41,8 @@ async def test_a_vcsim_killed_mid_wait_and_restarted(
 ) -> None:
     async with service_env(kube_api, vc, max_wait_s=30) as env:
         fleet = await make_fleet(env, N)
-        logins = env.service.logins
-        await env.service.slot.watcher.sync()  # type: ignore[union-attr]  # a fresh 30 s wait is in flight
+        logins = env.service.shard.logins
+        await env.service.shard.slot.watcher.sync()  # type: ignore[union-attr]  # a fresh 30 s wait is in flight
         await asyncio.to_thread(kill, vc)
         await asyncio.to_thread(vc.start)  # same port, same password, fresh inventory (same MoRefs)
         await relogin(env)
@@ -60,8 +60,8 @@ async def test_b_session_terminated_by_another_client(
 ) -> None:
     async with service_env(kube_api, vc, max_wait_s=2) as env:
         fleet = await make_fleet(env, N)
-        logins = env.service.logins
-        victim = env.service.session
+        logins = env.service.shard.logins
+        victim = env.service.shard.session
         assert victim is not None
         await env.vsphere(terminate, victim)
         await fleet.change('vm-0')  # most likely in the gap between the two sessions
@@ -72,7 +72,7 @@ async def test_b_session_terminated_by_another_client(
             did='the next call fails NotAuthenticated; the service logs in again (restart cause `auth`), the new '
             'watcher re-reads every VM and signals the one changed in the gap and every later change',
         )  # fmt: skip
-        assert counter(env.service.metrics.watcher_restarts, cause='auth') >= 1
+        assert counter(env.service.metrics.watcher_restarts, vcenter='default', cause='auth') >= 1
 
 
 async def test_c_session_idle_timeout(kube_api: client.ApiClient, vc: VcsimServer, recorder: Recorder) -> None:
@@ -80,7 +80,7 @@ async def test_c_session_idle_timeout(kube_api: client.ApiClient, vc: VcsimServe
         await env.vsphere(set_session_timeout, '1s')  # sessions logged in from now on expire after 1 s idle
         fleet = await make_fleet(env, N)
         for name in fleet.names:
-            logins = env.service.logins
+            logins = env.service.shard.logins
             # a blocked 3 s wait outlives the 1 s idle timeout: the session expires under it
             await new_login(env, logins, 'an expiry and a new login')
             await fleet.change(name)
@@ -89,7 +89,7 @@ async def test_c_session_idle_timeout(kube_api: client.ApiClient, vc: VcsimServe
             did='sessions expire under the long poll (1 s idle timeout, 3 s waits); each expiry ends the watcher '
             'with NotAuthenticated, the service logs in again and every change made between expiries is signalled',
         )  # fmt: skip
-        assert counter(env.service.metrics.watcher_restarts, cause='auth') >= N
+        assert counter(env.service.metrics.watcher_restarts, vcenter='default', cause='auth') >= N
 
 
 async def test_d_password_rotated(
@@ -101,7 +101,7 @@ async def test_d_password_rotated(
         fleet = await make_fleet(env, N)
         await asyncio.to_thread(vc.restart, password='rotated-' + vc.password)
         await relogin(env)
-        await until(lambda: 'login failed' in env.service.status, 'a refused login with the old password')
+        await until(lambda: 'login failed' in env.service.shard.status, 'a refused login with the old password')
         await fleet.change_each(fleet.names[:2])  # changed while the service is locked out
         service_password.write_text(vc.password + '\n')
         await until(lambda: env.service.watching, 'a login with the rotated password')
@@ -132,10 +132,10 @@ async def test_e_vcenter_unreachable_for_long(kube_api: client.ApiClient, vc: Vc
     async with service_env(kube_api, vc, max_wait_s=2, restart_initial_s=initial_s, restart_max_s=max_s) as env:
         fleet = await make_fleet(env, N)
         await asyncio.to_thread(vc.stop)
-        await until(lambda: not env.service.watching and 'unreachable' in env.service.status, 'vCenter down')
-        before = env.service.logins
+        await until(lambda: not env.service.watching and 'unreachable' in env.service.shard.status, 'vCenter down')
+        before = env.service.shard.logins
         await asyncio.sleep(WINDOW_S)  # the window counted: bounds on counts, not on timings
-        attempts = env.service.logins - before
+        attempts = env.service.shard.logins - before
         bound = login_bound(WINDOW_S, initial_s=initial_s, max_s=max_s)
         hourly = login_bound(3600, initial_s=1.0, max_s=300.0)
         await asyncio.to_thread(vc.start)
@@ -158,7 +158,7 @@ async def test_g_slow_consumer(kube_api: client.ApiClient, vc: VcsimServer, reco
     async with service_env(kube_api, vc) as env:
         fleet = await make_fleet(env, N)
         queue = env.service.queue = WorkQueue()  # the env's consumer keeps the old queue: nobody drains this one
-        watcher = env.service.slot.watcher
+        watcher = env.service.shard.slot.watcher
         assert watcher is not None
         peak = 0
         rounds = 10
@@ -212,7 +212,7 @@ async def test_i_zone_folder_missing(kube_api: client.ApiClient, vc: VcsimServer
             did='the missing folder is filtered out (warning) and gets no finalizer; the watcher runs for the '
             "other Zones' folders and signals their VMs",
         )  # fmt: skip
-        owners = env.service.slot.watcher.owners()  # type: ignore[union-attr]
+        owners = env.service.shard.slot.watcher.owners()  # type: ignore[union-attr]
         bogus = env.zone('bogus')
         assert MoRef('Folder', 'group-4242424242') not in owners and fleet.folder in owners
         assert bogus is not None and not (bogus['metadata'].get('finalizers') or [])

@@ -96,8 +96,8 @@ class ServiceEnv:
     # -- observing ------------------------------------------------------------------------------------
     async def settle(self) -> None:
         """Every change made so far has been processed by the watcher and the requests delivered."""
-        await until(lambda: self.service.slot.watcher is not None, 'a running watcher')
-        watcher = self.service.slot.watcher
+        await until(lambda: self.service.shard.slot.watcher is not None, 'a running watcher')
+        watcher = self.service.shard.slot.watcher
         assert watcher is not None
         await watcher.sync(timeout_s=30)
         service = self.service

@@ -73,7 +73,7 @@ async def test_36_name_of_a_vm_not_in_this_cluster_is_dropped(kube_api: client.A
                           {'guestinfo.ipaddr': '1.2.3.4', 'vmservice.namespacedName': 'invalid/my-vm-1'})  # fmt: skip
         await env.settle()
         assert env.received[before:] == []
-        assert env.service.metrics.skipped.labels(reason='unvalidated')._value.get() >= 1
+        assert env.service.metrics.skipped.labels(vcenter='default', reason='unvalidated')._value.get() >= 1
 
 
 async def test_34_bogus_folder_does_not_stop_the_watcher(kube_api: client.ApiClient, vc: VcsimServer) -> None:
@@ -149,9 +149,9 @@ async def test_32_33_deleting_zones_after_a_restart(
             return zone is not None and bool(zone['metadata'].get('deletionTimestamp'))
 
         await until(lambda: all(deleting_in_cache(i) for i in range(3)), 'deleting zones in the cache')
-        restarts = env.service.restarts
-        await env.service.slot.close()
-        await until(lambda: env.service.restarts > restarts and env.service.watching, 'the restart')
+        restarts = env.service.shard.restarts
+        await env.service.shard.slot.close()
+        await until(lambda: env.service.shard.restarts > restarts and env.service.watching, 'the restart')
         before = len(env.received)
         await env.vsphere(inv.set_extra_config, vm, {'guestinfo.ipaddr': '1.2.3.4'})
         if keep_our_finalizer:
@@ -163,13 +163,14 @@ async def test_32_33_deleting_zones_after_a_restart(
 async def test_27_logged_out_session_restarts_with_a_new_login(kube_api: client.ApiClient, vc: VcsimServer) -> None:
     async with service_env(kube_api, vc, max_wait_s=1) as env:
         await _watching(env)
-        assert env.service.logins == 1
-        session = env.service.session
+        assert env.service.shard.logins == 1
+        session = env.service.shard.session
         assert session is not None
         await asyncio.to_thread(session.logout)  # from outside the watcher, as another client would
-        await until(lambda: env.service.logins >= 2 and env.service.watching, 'a new login')
-        assert env.service.metrics.watcher_restarts.labels(cause='auth')._value.get() >= 1 or \
-            env.service.metrics.watcher_restarts.labels(cause='transport')._value.get() >= 1  # fmt: skip
+        await until(lambda: env.service.shard.logins >= 2 and env.service.watching, 'a new login')
+        restarts = env.service.metrics.watcher_restarts
+        assert restarts.labels(vcenter='default', cause='auth')._value.get() >= 1 or \
+            restarts.labels(vcenter='default', cause='transport')._value.get() >= 1  # fmt: skip
 
 
 async def test_28_bad_credentials_keep_retrying_with_backoff(kube_api: client.ApiClient, vc: VcsimServer) -> None:
@@ -177,9 +178,9 @@ async def test_28_bad_credentials_keep_retrying_with_backoff(kube_api: client.Ap
     async with service_env(kube_api, vc, max_wait_s=1) as env:
         vc.password_file.write_text('wrong\n')
         env.service.start_watching()
-        await until(lambda: env.service.logins >= 3, 'retries')
+        await until(lambda: env.service.shard.logins >= 3, 'retries')
         assert not env.service.watching
-        assert 'login failed' in env.service.status
+        assert 'login failed' in env.service.shard.status
         vc.password_file.write_text(good)  # the rotated secret is read on the next attempt
         await until(lambda: env.service.watching, 'a watcher with the restored credentials')
 
@@ -188,8 +189,8 @@ async def test_29_unreachable_vcenter_never_ends_the_service(kube_api: client.Ap
     async with service_env(kube_api, vc, max_wait_s=1) as env:
         await _watching(env)
         vc.stop()
-        await until(lambda: env.service.restarts >= 3, 'restarts while vCenter is down')
-        assert not env.service.watching and 'unreachable' in env.service.status
+        await until(lambda: env.service.shard.restarts >= 3, 'restarts while vCenter is down')
+        assert not env.service.watching and 'unreachable' in env.service.shard.status
         task = env.service._watch_task
         assert task is not None and not task.done()  # the service never exits because vCenter is down
         vc.start()
@@ -209,7 +210,7 @@ async def test_40_43_zone_controller_adds_and_removes_folders(kube_api: client.A
         vm = (await env.vsphere(inv.vms_under, await env.vsphere(inv.vm_folder)))[0][0]
         await env.vsphere(inv.set_extra_config, vm, {'vmservice.namespacedName': f'{env.namespace}/my-vm-1'})
         await env.expect_none('my-vm-1', after=0)  # 40: outside every zone folder
-        await until(lambda: len(env.service.slot.watcher.owners().get(inv.MoRef('Folder', folder), ())) == 3,  # type: ignore[union-attr]
+        await until(lambda: len(env.service.shard.slot.watcher.owners().get(inv.MoRef('Folder', folder), ())) == 3,  # type: ignore[union-attr]
                     'three owners of the folder')  # fmt: skip
         await env.vsphere(inv.move_into, inv.MoRef('Folder', folder), [vm])
         await env.expect_request('my-vm-1')  # 41
@@ -233,7 +234,7 @@ async def test_zone_folder_change_removes_the_old_folder(kube_api: client.ApiCli
         old = await env.vsphere(inv.create_folder, root, 'old')
         new = await env.vsphere(inv.create_folder, root, 'new')
         env.create_zone('zone-a', old.value)
-        owners = lambda: env.service.slot.watcher.owners() if env.service.slot.watcher else {}  # noqa: E731
+        owners = lambda: env.service.shard.slot.watcher.owners() if env.service.shard.slot.watcher else {}  # noqa: E731
         await until(lambda: old in owners(), 'the old folder watched')
         env.patch_zone('zone-a', {'spec': {'managedVMs': {'folderMoID': new.value}}})
         await until(lambda: new in owners() and old not in owners(), 'the folder swapped')
@@ -255,7 +256,7 @@ async def test_deleting_zone_waits_for_a_watcher(kube_api: client.ApiClient, vc:
         await _watching(env)
         await until(lambda: env.zone('zone-0') is None, 'the zone released once a watcher runs')
         assert env.service.zones.stats.removed == 1
-        watcher = env.service.slot.watcher
+        watcher = env.service.shard.slot.watcher
         assert watcher is not None and watcher.error is None
         assert inv.MoRef('Folder', folder) not in watcher.owners()  # the deleting zone's owner entry is gone
 

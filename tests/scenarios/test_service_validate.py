@@ -34,7 +34,7 @@ def signal(moref: str, namespace: str, name: str) -> Any:
 
 async def handle(service: Service, sig: Any) -> None:
     """Hand one signal to the service and wait until it is enqueued or dropped (a GET runs in a task of its own)."""
-    await service._handle(sig)
+    await service.shard.intake.handle(sig)
     while service.validating:
         await asyncio.sleep(0.01)
 
@@ -68,15 +68,15 @@ async def test_a_vm_the_index_has_not_seen_yet_is_validated_by_the_api(lagging: 
     assert service.index.get(namespace, 'new-vm') is None  # the index has not seen it
     await handle(service, signal('vm-1', namespace, 'new-vm'))
     assert len(service.queue) == 1
-    assert service.metrics.validation_gets._value.get() == 1
-    assert service.metrics.skipped.labels(reason='unvalidated')._value.get() == 0
+    assert service.metrics.validation_gets.labels(vcenter='default')._value.get() == 1
+    assert service.metrics.skipped.labels(vcenter='default', reason='unvalidated')._value.get() == 0
 
 
 async def test_a_vm_the_api_does_not_have_is_dropped(lagging: Any) -> None:
     service, _objects, namespace = lagging
     await handle(service, signal('vm-2', namespace, 'not-in-this-cluster'))
     assert len(service.queue) == 0
-    assert service.metrics.skipped.labels(reason='unvalidated')._value.get() == 1
+    assert service.metrics.skipped.labels(vcenter='default', reason='unvalidated')._value.get() == 1
 
 
 async def test_a_vm_being_deleted_is_not_enqueued(lagging: Any) -> None:
@@ -88,7 +88,7 @@ async def test_a_vm_being_deleted_is_not_enqueued(lagging: Any) -> None:
     objects.delete_namespaced_custom_object(*VMS[:2], namespace, VMS[2], 'going')
     await handle(service, signal('vm-3', namespace, 'going'))
     assert len(service.queue) == 0
-    assert service.metrics.skipped.labels(reason='deleting')._value.get() == 1
+    assert service.metrics.skipped.labels(vcenter='default', reason='deleting')._value.get() == 1
     objects.patch_namespaced_custom_object(*VMS[:2], namespace, VMS[2], 'going', {'metadata': {'finalizers': None}},
                                            _content_type='application/merge-patch+json')  # fmt: skip
 

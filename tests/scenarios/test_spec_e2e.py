@@ -53,7 +53,7 @@ async def start_watching(env: ServiceEnv, zones: int) -> None:
 
 
 def owners(env: ServiceEnv) -> dict[MoRef, frozenset[str]]:
-    w = env.service.slot.watcher
+    w = env.service.shard.slot.watcher
     return w.owners() if w is not None else {}
 
 

@@ -70,5 +70,5 @@ async def test_a_failed_periodic_write_is_retried_at_the_next_interval() -> None
             await asyncio.sleep(0.01)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    assert cp.metrics.writes.labels(result='error')._value.get() == 1
-    assert cp.metrics.writes.labels(result='ok')._value.get() >= 1
+    assert cp.metrics.writes.labels(vcenter='default', result='error')._value.get() == 1
+    assert cp.metrics.writes.labels(vcenter='default', result='ok')._value.get() >= 1

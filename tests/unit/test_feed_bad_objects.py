@@ -100,7 +100,7 @@ def test_bad_vms_are_indexed_with_defaults_counted_and_logged_once(caplog: pytes
 def test_an_event_the_handler_chokes_on_is_skipped_and_the_watch_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     index = VirtualMachineIndex(None)
     index.apply_list([], '1')
-    index.index = cast(Any, None)  # every upsert now raises (AttributeError): the worst a handler can do
+    index.indexes = cast(Any, None)  # every upsert now raises (TypeError): the worst a handler can do
     index.apply_event({'type': 'ADDED', 'object': vm('x')})
     assert index.bad_objects.counts['error'] == 1
     assert index.resource_version == '5'  # applied: the watch moves on instead of replaying it forever
@@ -179,16 +179,16 @@ class FakeSignal:
     digest: int = 1
 
 
-def service(**overrides: Any) -> Service:
+def service(queue: WorkQueue | None = None, **overrides: Any) -> Service:
     settings = ServiceSettings(vc_url='https://vc.invalid/sdk', vc_user='u', leader_elect=False, **overrides)
-    return Service(settings, api=client.ApiClient(), disabled=False, queue=WorkQueue(max_depth=1))
+    return Service(settings, api=client.ApiClient(), disabled=False, queue=queue or WorkQueue(max_depth=1))
 
 
 async def test_ready_needs_the_index_synced() -> None:
     s = service()
     ok, reason = s.ready()
     assert not ok and 'index has not synced' in reason, reason
-    s.watching = True  # even a running watcher does not make it ready before the first list
+    s.shard.held = s.shard.watching = True  # even a running watcher does not make it ready before the first list
     assert not s.ready()[0]
     s.index.apply_list([], '1')
     ok, reason = s.ready()
@@ -199,10 +199,12 @@ async def test_a_full_queue_is_not_ready_counted_and_forgets_the_vm(caplog: pyte
     s = service()
     s.index.apply_list([vm('a'), vm('b')], '1')
     forgotten: list[str] = []
-    s.decider = s.ledger.decider = cast(Any, type('D', (), {'forget': lambda self, m: forgotten.append(m)})())
-    await s._handle(cast(Signal, FakeSignal('ns', 'a', 'vm-1')))
+    s.shard.decider = s.shard.ledger.decider = cast(
+        Any, type('D', (), {'forget': lambda self, m: forgotten.append(m)})()
+    )
+    await s.shard.intake.handle(cast(Signal, FakeSignal('ns', 'a', 'vm-1')))
     assert not s.queue.full or s.queue.depth == 1
-    await s._handle(cast(Signal, FakeSignal('ns', 'b', 'vm-2')))  # the queue holds one key: refused
+    await s.shard.intake.handle(cast(Signal, FakeSignal('ns', 'b', 'vm-2')))  # the queue holds one key: refused
     assert forgotten == ['vm-2']
     assert s.metrics.dropped.labels(name='virtualmachine')._value.get() == 1
     assert any('work queue is full' in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -225,15 +227,16 @@ class SlowObjects:
 
 
 async def test_a_slow_get_holds_only_its_own_signals() -> None:
-    s = service(validation_concurrency=2, kube_timeout_s=5.0)
-    s.queue = WorkQueue()
+    s = service(WorkQueue(), validation_concurrency=2, kube_timeout_s=5.0)
     s.index.apply_list([vm('indexed')], '1')
-    s.objects = slow = SlowObjects()
-    await s._handle(cast(Signal, FakeSignal('ns', 'missed', 'vm-1')))  # returns at once: its GET runs in a task
-    await s._handle(cast(Signal, FakeSignal('ns', 'indexed', 'vm-2')))
+    s.shard.intake.objects = slow = SlowObjects()
+    await s.shard.intake.handle(
+        cast(Signal, FakeSignal('ns', 'missed', 'vm-1'))
+    )  # returns at once: its GET runs in a task
+    await s.shard.intake.handle(cast(Signal, FakeSignal('ns', 'indexed', 'vm-2')))
     assert s.queue.depth == 1 and await s.queue.get() == ('ns', 'indexed')  # not held behind the GET
     s.index.apply_event({'type': 'ADDED', 'object': vm('missed')})
-    await s._handle(cast(Signal, FakeSignal('ns', 'missed', 'vm-1')))  # indexed now, but waits its turn
+    await s.shard.intake.handle(cast(Signal, FakeSignal('ns', 'missed', 'vm-1')))  # indexed now, but waits its turn
     assert s.validating == 2 and s.queue.depth == 0
     slow.release.set()
     while s.validating:
@@ -243,11 +246,10 @@ async def test_a_slow_get_holds_only_its_own_signals() -> None:
 
 
 async def test_a_queue_shut_down_is_not_reported_as_full(caplog: pytest.LogCaptureFixture) -> None:
-    s = service()
-    s.queue = WorkQueue()
+    s = service(WorkQueue())
     s.index.apply_list([vm('a')], '1')
     await s.queue.shutdown()
-    await s._handle(cast(Signal, FakeSignal('ns', 'a', 'vm-1')))
+    await s.shard.intake.handle(cast(Signal, FakeSignal('ns', 'a', 'vm-1')))
     assert s.metrics.dropped.labels(name='virtualmachine')._value.get() == 0
     assert not any('work queue is full' in r.getMessage() for r in caplog.records)
     await s.stop()

@@ -34,15 +34,25 @@ def test_health_ready_and_metrics(health: tuple[HealthServer, Metrics, dict[str,
     assert _get(f'{base}/readyz') == (503, 'starting\n')
     state['ready'] = (True, 'standby: not the leader')
     assert _get(f'{base}/readyz') == (200, 'standby: not the leader\n')
-    metrics.skipped.labels(reason='unchanged').inc(3)
-    metrics.observe_cache({'hits': 5, 'misses': 2, 'evicted': 1, 'expired': 1, 'items': 7, 'bytes': 2100})
-    metrics.set_lease_holder('replica-a')
+    metrics.skipped.labels(vcenter='vc-a', reason='unchanged').inc(3)
+    metrics.shard('vc-a').observe_cache({'hits': 5, 'misses': 2, 'evicted': 1, 'expired': 1, 'items': 7, 'bytes': 2100})
+    metrics.set_lease_holder('vmwatch-vc-a', 'replica-a')
     code, body = _get(f'{base}/metrics')
     assert code == 200
-    assert 'vmwatch_skipped_total{reason="unchanged"} 3.0' in body
-    assert 'vmwatch_cache_evictions 2.0' in body
-    assert 'vmwatch_lease_holder{identity="replica-a"} 1.0' in body
+    assert 'vmwatch_skipped_total{reason="unchanged",vcenter="vc-a"} 3.0' in body
+    assert 'vmwatch_cache_evictions{vcenter="vc-a"} 2.0' in body
+    assert 'vmwatch_lease_holder{identity="replica-a",name="vmwatch-vc-a"} 1.0' in body
     assert _get(f'{base}/nope')[0] == 404
+    server.detail = lambda: [('vcenter-a', True, 'watching'), ('vcenter-b', False, 'vCenter unreachable')]
+    state['ready'] = (False, 'vcenter-b: vCenter unreachable')
+    code, body = _get(f'{base}/readyz?verbose')
+    assert code == 503
+    assert body.splitlines() == [
+        '[+]vcenter-a ok: watching',
+        '[-]vcenter-b failed: vCenter unreachable',
+        'readyz check failed: vcenter-b: vCenter unreachable',
+    ]
+    assert _get(f'{base}/readyz') == (503, 'vcenter-b: vCenter unreachable\n')  # terse without ?verbose
 
 
 @pytest.mark.anyio

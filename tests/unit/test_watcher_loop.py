@@ -369,12 +369,12 @@ async def test_bad_updates_and_missing_sets_are_logged_and_counted(caplog: pytes
     ]
     m = Metrics()
     seen: dict[str, int] = {}
-    m.observe_problems(w.stats, seen)
-    m.observe_problems(w.stats, seen)  # what was copied is not counted twice
+    m.shard('vc-a').observe_problems(w.stats, seen)
+    m.shard('vc-a').observe_problems(w.stats, seen)  # what was copied is not counted twice
     text = m.exposition().decode()
-    assert 'vmwatch_bad_object_updates_total 2.0' in text
-    assert 'vmwatch_missing_properties_total{fault="NoPermission"} 2.0' in text
-    assert 'vmwatch_missing_properties_total{fault="ManagedObjectNotFound"} 1.0' in text
+    assert 'vmwatch_bad_object_updates_total{vcenter="vc-a"} 2.0' in text
+    assert 'vmwatch_missing_properties_total{fault="NoPermission",vcenter="vc-a"} 2.0' in text
+    assert 'vmwatch_missing_properties_total{fault="ManagedObjectNotFound",vcenter="vc-a"} 1.0' in text
     assert problems.PROBLEMS is not None
 
 

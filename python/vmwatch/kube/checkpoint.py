@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from vmwatch._vmwatch import Decider
-from vmwatch.metrics import CheckpointMetrics
+from vmwatch.metrics import CheckpointFamilies, CheckpointMetrics
 from vmwatch.settings import FIELD_MANAGER
 
 __all__ = ['CheckpointError', 'CheckpointStore', 'Checkpointer']
@@ -216,7 +216,7 @@ class Checkpointer:
         self.decider = decider
         self.interval_s = interval_s
         self.loaded = False
-        self.metrics = metrics or CheckpointMetrics(CollectorRegistry())
+        self.metrics = metrics or CheckpointMetrics(CheckpointFamilies(CollectorRegistry()), 'default')
 
     def reset(self) -> None:
         self.loaded = False
@@ -245,9 +245,9 @@ class Checkpointer:
         try:
             gen = await asyncio.to_thread(self.store.save, blob)
         except CheckpointError:
-            self.metrics.writes.labels(result='error').inc()
+            self.metrics.wrote('error')
             raise
-        self.metrics.writes.labels(result='ok').inc()
+        self.metrics.wrote('ok')
         self.metrics.records.set(len(blob) // RECORD_BYTES)
         self.metrics.last_write.set_to_current_time()
         log.debug('checkpoint generation %d written: %d VMs', gen, len(blob) // RECORD_BYTES)

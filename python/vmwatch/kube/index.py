@@ -17,8 +17,12 @@ raw HTTP body (the kubernetes client's model deserializer is not used) and store
 * `synced` is set once the first list is applied; `wait_for_resource_version(rv)` returns once an
   event or bookmark at or beyond `rv` has been applied (tests wait on it instead of sleeping).
 
-Memory: the Rust index holds the state (see `Index.bytes()`); the Python side keeps only the set of
-indexed names per namespace, which the relist needs to find deletions (the Rust index has no iteration).
+Several vCenters (issue 12): one Rust `Index` per vCenter plus one for unassigned VMs; `route(obj)` (the
+VCenterRouter) says which one a VM goes to, and an upsert removes it from the others (a VM relabelled to
+another vCenter moves). `request_relist()` routes every VM again (the Zone -> vCenter map changed).
+
+Memory: the Rust indexes hold the state (see `Index.bytes()`); the Python side keeps nothing per VM (a relist
+finds deletions with `Index.keys()`).
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ import asyncio
 import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from vmwatch._vmwatch import Index
 from vmwatch.kube.listwatch import ListWatch, object_name
 from vmwatch.kube.priority import PRIORITY_ANNOTATION, PRIORITY_GENERIC, priority_problem, vm_priority
 
-__all__ = ['fetch_vm_entry', 'VM_GROUP', 'VM_PLURAL', 'VM_VERSION', 'VirtualMachineIndex']
+__all__ = ['fetch_vm', 'fetch_vm_entry', 'vm_entry', 'VM_GROUP', 'VM_PLURAL', 'VM_VERSION', 'VirtualMachineIndex']
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,9 @@ class VirtualMachineIndex(ListWatch):
         api: Any,
         *,
         index: Index | None = None,
+        indexes: Mapping[str, Index] | None = None,
+        route: Callable[[Any], str | None] | None = None,
+        before_list: Callable[[], None] | None = None,
         group: str = VM_GROUP,
         version: str = VM_VERSION,
         plural: str = VM_PLURAL,
@@ -74,7 +81,13 @@ class VirtualMachineIndex(ListWatch):
             connect_timeout_s=connect_timeout_s,
             backoff_max_s=backoff_max_s,
         )
-        self.index = index if index is not None else Index()
+        if indexes is None:
+            indexes = {'default': index if index is not None else Index()}
+        self.indexes: dict[str, Index] = dict(indexes)
+        self.unassigned = Index()  # VMs that belong to no configured vCenter (only with `route`)
+        self.route = route
+        self.before_list = before_list
+        self._all = (*self.indexes.values(), self.unassigned)
         self._api_version = f'{group}/{version}'
         self._resume: str | None = None
 
@@ -99,15 +112,39 @@ class VirtualMachineIndex(ListWatch):
 
     def _list(self) -> str:
         resume, self._resume = self._resume, None
-        return resume if resume else super()._list()
+        if resume:
+            return resume
+        if self.before_list is not None:
+            self.before_list()
+        return super()._list()
 
     # -- reading ------------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self.index)
+    @property
+    def index(self) -> Index:
+        """The one vCenter's index (ValueError with several: use `indexes`)."""
+        if len(self.indexes) != 1:
+            raise ValueError('several vCenters: use indexes[name]')
+        return next(iter(self.indexes.values()))
 
-    def get(self, namespace: str, name: str) -> tuple[str, bool, int] | None:
-        """(unique_id, deleting, priority) of an indexed VM, or None (what result validation needs)."""
-        return self.index.get(namespace, name)
+    def __len__(self) -> int:
+        return sum(len(i) for i in self._all)
+
+    def get(self, namespace: str, name: str, vcenter: str | None = None) -> tuple[str, bool, int] | None:
+        """(unique_id, deleting, priority) of a VM indexed for `vcenter` or unassigned (any vCenter when None),
+        or None (what result validation needs)."""
+        where = self._all if vcenter is None else (self.indexes[vcenter], self.unassigned)
+        for index in where:
+            entry = index.get(namespace, name)
+            if entry is not None:
+                return entry
+        return None
+
+    def owner(self, namespace: str, name: str) -> str | None:
+        """The vCenter whose index holds the VM, '' when it is unassigned, None when no index has it."""
+        for vcenter, index in self.indexes.items():
+            if index.get(namespace, name) is not None:
+                return vcenter
+        return '' if self.unassigned.get(namespace, name) is not None else None
 
     def by_unique_id(self, unique_id: str) -> tuple[str, str] | None:
         return self.index.by_unique_id(unique_id)
@@ -134,11 +171,14 @@ class VirtualMachineIndex(ListWatch):
             key = self._upsert(obj)
             if key is not None:
                 seen.setdefault(key[0], set()).add(key[1])
-        stale = [(ns, name) for ns, name in self.index.keys() if name not in seen.get(ns, ())]
-        for namespace, name in stale:
-            self._delete(namespace, name)
+        stale = 0
+        for index in self._all:
+            gone = [(ns, name) for ns, name in index.keys() if name not in seen.get(ns, ())]
+            for namespace, name in gone:
+                index.delete(namespace, name)
+            stale += len(gone)
         if stale:
-            log.info('relist removed %d VirtualMachines deleted while the watch was down', len(stale))
+            log.info('relist removed %d VirtualMachines deleted while the watch was down', stale)
 
     def _upsert(self, obj: Any) -> tuple[str, str] | None:
         """Index one VM; returns its key, or None when it has none (skipped and reported)."""
@@ -153,8 +193,13 @@ class VirtualMachineIndex(ListWatch):
                                     'uniqueID, at the default priority')  # fmt: skip
             entry = ('', False, PRIORITY_GENERIC)
         unique_id, deleting, priority = entry
+        target = self._target(obj)
         try:
-            self.index.upsert(*key, unique_id=unique_id, deleting=deleting, priority=priority)
+            target.upsert(*key, unique_id=unique_id, deleting=deleting, priority=priority)
+            if self.route is not None:
+                for other in self._all:
+                    if other is not target and other.get(*key) is not None:
+                        other.delete(*key)  # it moved to another vCenter
         except Exception as exc:  # the core refused it (it should not): skip this one, keep the feed
             self.bad_objects.report(object_name(obj), 'error', f'not indexed: {type(exc).__name__}: {exc}')
         return key
@@ -167,8 +212,19 @@ class VirtualMachineIndex(ListWatch):
             self.bad_objects.report(object_name(obj), reason, detail)
         return entry
 
+    def _target(self, obj: dict[str, Any]) -> Index:
+        if self.route is None:
+            return next(iter(self.indexes.values()))
+        try:
+            vcenter = self.route(obj)
+        except Exception as exc:  # the router must not stop the feed: unassigned (signalled by any vCenter)
+            self.bad_objects.report(object_name(obj), 'error', f'not routed: {type(exc).__name__}: {exc}')
+            vcenter = None
+        return self.indexes.get(vcenter, self.unassigned) if vcenter is not None else self.unassigned
+
     def _delete(self, namespace: str, name: str) -> None:
-        self.index.delete(namespace, name)
+        for index in self._all:
+            index.delete(namespace, name)
 
 
 def _key(obj: Any) -> tuple[str, str] | None:
@@ -249,11 +305,9 @@ async def _in_daemon_thread(fn: Callable[[], Any]) -> Any:
     return await future
 
 
-async def fetch_vm_entry(
-    objects: Any, namespace: str, name: str, *, timeout_s: float = 10.0
-) -> tuple[str, bool, int] | None:
-    """(unique_id, deleting, priority) of a VirtualMachine read from the API (None when it does not exist):
-    what validation uses before the index has synced. Raises TimeoutError after `timeout_s`."""
+async def fetch_vm(objects: Any, namespace: str, name: str, *, timeout_s: float = 10.0) -> Any:
+    """A VirtualMachine read from the API (a dict), or None when it does not exist. Raises TimeoutError after
+    `timeout_s`, and what the API raises for anything but a 404."""
     from kubernetes.client.exceptions import ApiException
 
     get = functools.partial(
@@ -261,11 +315,21 @@ async def fetch_vm_entry(
         _request_timeout=timeout_s,
     )  # fmt: skip
     try:
-        obj = await asyncio.wait_for(_in_daemon_thread(get), timeout_s)
+        return await asyncio.wait_for(_in_daemon_thread(get), timeout_s)
     except ApiException as e:
         if e.status == 404:
             return None
         raise
     except TimeoutError:
         raise TimeoutError(f'GET virtualmachine {namespace}/{name}: no answer within {timeout_s:g} s') from None
+
+
+async def fetch_vm_entry(
+    objects: Any, namespace: str, name: str, *, timeout_s: float = 10.0
+) -> tuple[str, bool, int] | None:
+    """(unique_id, deleting, priority) of a VirtualMachine read from the API (None when it does not exist):
+    what validation uses before the index has synced. Raises TimeoutError after `timeout_s`."""
+    obj = await fetch_vm(objects, namespace, name, timeout_s=timeout_s)
+    if obj is None:
+        return None
     return vm_entry(obj) if isinstance(obj, dict) else ('', False, PRIORITY_GENERIC)

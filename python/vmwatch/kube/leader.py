@@ -74,6 +74,7 @@ class LeaderElector:
         on_started_leading: Callable[[], None] | None = None,
         on_stopped_leading: Callable[[], None] | None = None,
         on_new_leader: Callable[[str], None] | None = None,
+        may_acquire: Callable[[], bool] | None = None,
     ) -> None:
         self.leases = client.CoordinationV1Api(api)
         self.namespace = namespace
@@ -83,6 +84,7 @@ class LeaderElector:
         self.on_started_leading = on_started_leading
         self.on_stopped_leading = on_stopped_leading
         self.on_new_leader = on_new_leader
+        self.may_acquire = may_acquire  # asked before taking a free Lease (shards: this replica is under its share)
         self.transitions = 0  # times this elector became the leader
         self._observed: tuple[Any, ...] | None = None  # the last record seen
         self._observed_at = 0.0  # our monotonic time when it changed
@@ -90,6 +92,8 @@ class LeaderElector:
         self._leading = False
         self._leading_event = asyncio.Event()
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # stop() or step_down()
+        self.stepping_down = False  # step_down() was asked and the Lease is not released yet
         self.renewal_paused = False
         """For tests and drills: True makes every acquire/renew attempt fail, as if the apiserver were unreachable."""
 
@@ -109,6 +113,14 @@ class LeaderElector:
     def stop(self) -> None:
         """Ask `run` to stop; it releases the Lease if it holds it (call from the event loop)."""
         self._stop.set()
+        self._wake.set()
+
+    def step_down(self) -> None:
+        """Hand the Lease over (shard rebalancing): the work is cancelled, the Lease released, and the elector
+        campaigns again (gated by `may_acquire`). `stepping_down` is True until the release."""
+        if self._leading:
+            self.stepping_down = True
+            self._wake.set()
 
     # -- the loop -----------------------------------------------------------------------------------
     async def run(self, work: Callable[[], Coroutine[Any, Any, None]] | None = None, *, release: bool = True) -> None:
@@ -129,8 +141,11 @@ class LeaderElector:
                 if work_task is not None:
                     await self._cancel(work_task)
                     work_task = None
-                if self._stop.is_set() and release:
+                if (self._stop.is_set() and release) or self.stepping_down:
                     await self._release_quietly()
+                self.stepping_down = False
+                if not self._stop.is_set():
+                    self._wake.clear()
                 self._lost_leadership()
         finally:
             if work_task is not None:
@@ -143,7 +158,7 @@ class LeaderElector:
     async def _acquire(self) -> bool:
         period = self.settings.retry_period_s
         while not self._stop.is_set():
-            if await self._try_acquire_or_renew():
+            if (self.may_acquire is None or self.may_acquire()) and await self._try_acquire_or_renew():
                 return True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
@@ -153,13 +168,13 @@ class LeaderElector:
         s = self.settings
         last_renew = time.monotonic()
         while not self._stop.is_set():
-            sleeper = asyncio.ensure_future(self._stop.wait())
+            sleeper = asyncio.ensure_future(self._wake.wait())
             waits: set[asyncio.Future[Any]] = {sleeper}
             if work_task is not None:
                 waits.add(work_task)
             await asyncio.wait(waits, timeout=s.retry_period_s, return_when=asyncio.FIRST_COMPLETED)
             sleeper.cancel()
-            if self._stop.is_set():
+            if self._stop.is_set() or self.stepping_down:
                 return
             if work_task is not None and work_task.done():
                 self._stop.set()  # the work ended (or failed): step down and release

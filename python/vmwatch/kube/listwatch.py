@@ -145,6 +145,7 @@ class ListWatch:
         self._cond = threading.Condition()
         self._synced = threading.Event()
         self._stop = threading.Event()
+        self._relist = threading.Event()  # request_relist(): list again instead of resuming the watch
         self._response: Any = None  # the open watch response, closed by stop()
         self._thread: threading.Thread | None = None
 
@@ -174,6 +175,14 @@ class ListWatch:
             thread.join(timeout_s)
         with self._cond:
             self._cond.notify_all()
+
+    def request_relist(self) -> None:
+        """List everything again soon (what the handler derives from the objects changed): the open watch is
+        closed and the next list replaces the state, as after a 410."""
+        self._relist.set()
+        response = self._response
+        if response is not None:
+            self._close(response)
 
     @property
     def synced(self) -> bool:
@@ -246,8 +255,11 @@ class ListWatch:
         failures = 0
         while not self._stop.is_set():
             try:
-                if resource_version is None:
+                if resource_version is None or self._relist.is_set():
+                    self._relist.clear()  # a request arriving during this list lists again after it
                     resource_version = self._list()
+                    if self._relist.is_set():
+                        continue
                 resource_version = self._watch(resource_version)
                 failures = 0
             except Gone as exc:
@@ -257,6 +269,8 @@ class ListWatch:
             except Exception as exc:
                 if self._stop.is_set():
                     break
+                if self._relist.is_set():  # the watch was closed to relist: not a failure
+                    continue
                 self.stats.errors += 1
                 self.last_error = exc
                 if isinstance(exc, TooLarge):
@@ -309,7 +323,7 @@ class ListWatch:
         response = self._request(query, read_timeout_s=self.watch_timeout_s + 30.0)
         self._response = response
         try:
-            if self._stop.is_set():
+            if self._stop.is_set() or self._relist.is_set():
                 return resource_version
             if response.status == 410:
                 raise Gone('HTTP 410 on the watch request')
@@ -326,7 +340,7 @@ class ListWatch:
         """The stream's lines (one watch event each), refusing one longer than `max_event_bytes`."""
         buffer = bytearray()
         for chunk in response.stream(65536):
-            if self._stop.is_set():
+            if self._stop.is_set() or self._relist.is_set():
                 return
             end = chunk.rfind(b'\n')
             if end < 0:

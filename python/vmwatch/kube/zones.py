@@ -10,8 +10,14 @@ Per reconcile of Zone <ns>/<name> (owner ID "<ns>/<name>"):
   `add(Folder:<folderMoID>, owner)` on every reconcile (the watcher is ephemeral). Errors other than
   "disabled" retry with backoff.
 * A folder change on a live Zone removes the old folder for that owner: the controller remembers the
-  folder each owner was last added with (the desired-state registry of spec 7.2 #8), so a change is a
-  diff instead of a leak.
+  vCenter and folder each owner was last added with (the desired-state registry of spec 7.2 #8), so a
+  change is a diff instead of a leak.
+
+Several vCenters (issue 12): a Zone belongs to one vCenter (kube/routing.py) and only the replica holding
+that vCenter's shard Lease writes for it (finalizers) or adds its folder; the others skip it, and reconcile
+every Zone again when they acquire a shard. A Zone naming a vCenter that is not configured is reported (a
+warning, `unknown_vcenter` in `unrouted`, an Event on the Zone) and not watched; if it carries our finalizer
+when it is deleted, the holder of the first vCenter by name removes it.
 
 Reconciles run from a work queue: one key is never reconciled twice at once; failures are retried with
 exponential backoff (5 ms -> 1000 s); success forgets the key's history.
@@ -29,7 +35,9 @@ from typing import Any, Final, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from vmwatch.kube.events import EventRecorder
 from vmwatch.kube.listwatch import ListWatch, object_name
+from vmwatch.kube.routing import VCenterRouter
 from vmwatch.queue import SHUTDOWN, Key, WorkQueue
 from vmwatch.settings import FIELD_MANAGER, FINALIZER, LEGACY_FINALIZER
 
@@ -38,6 +46,7 @@ __all__ = [
     'ZONE_PLURAL',
     'ZONE_VERSION',
     'FolderTargets',
+    'ShardTargets',
     'ZoneCache',
     'ZoneController',
     'folder_of',
@@ -83,6 +92,12 @@ class FolderTargets(Protocol):
     async def add(self, ref: str, owner_id: str) -> None: ...
 
     async def remove(self, ref: str, owner_id: str) -> None: ...
+
+
+class ShardTargets(Protocol):
+    """Where a vCenter's folders go: its shard's watcher slot while this replica holds the shard, else None."""
+
+    def targets(self, vcenter: str) -> FolderTargets | None: ...
 
 
 class ZoneCache(ListWatch):
@@ -185,20 +200,25 @@ class ZoneController:
     def __init__(
         self,
         api: client.ApiClient,
-        targets: FolderTargets,
+        shards: ShardTargets,
         *,
+        router: VCenterRouter,
+        events: EventRecorder | None = None,
         disabled_errors: tuple[type[BaseException], ...] = (),
         workers: int = 2,
         queue: WorkQueue | None = None,
     ) -> None:
         self.api = api
         self.objects: Any = client.CustomObjectsApi(api)  # dict bodies and results
-        self.targets = targets
+        self.shards = shards
+        self.router = router
+        self.events = events
         self.disabled_errors = disabled_errors
         self.workers = workers
         self.queue = queue or WorkQueue()
-        self.cache = ZoneCache(api, on_change=self._enqueue_from_thread)
-        self.registry: dict[str, str] = {}  # owner ID -> folder last added for it (desired-state registry)
+        self.cache = ZoneCache(api, on_change=self._changed_from_thread)
+        self.registry: dict[str, tuple[str, str]] = {}  # owner ID -> (vCenter, folder) last added for it
+        self.unrouted: dict[Key, str] = {}  # Zones naming no configured vCenter -> the vCenter they name ('' none)
         self.stats = ReconcileStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -245,7 +265,8 @@ class ZoneController:
         for zone in self.cache.zones():
             self.queue.add(ZoneCache._key(zone))
 
-    def _enqueue_from_thread(self, key: Key) -> None:
+    def _changed_from_thread(self, key: Key) -> None:
+        self.router.zone_changed(key, self.cache.get(key))
         if self._loop is not None:
             self.queue.add_threadsafe(key)
 
@@ -275,31 +296,70 @@ class ZoneController:
         namespace, name = key
         zone = await self._get(namespace, name)
         if zone is None:
+            self.unrouted.pop(key, None)
             return
         owner = owner_id(zone)
+        vcenter = self.router.zone_vcenter(zone)
+        await self._leave_other_vcenter(owner, vcenter)
+        if not self.router.known(vcenter):
+            await self._unroutable(key, zone, owner, vcenter or '')
+            return
+        self.unrouted.pop(key, None)
+        assert vcenter is not None
+        targets = self.shards.targets(vcenter)
+        if targets is None:
+            return  # another replica holds this vCenter's shard: it alone writes for this Zone
         folder = folder_of(zone)
         if is_deleting(zone):
-            await self._reconcile_delete(zone, owner, folder)
+            await self._reconcile_delete(zone, owner, folder, targets)
             return
         if FINALIZER not in finalizers(zone):
             await self._set_finalizers(zone, [*[f for f in finalizers(zone) if f != LEGACY_FINALIZER], FINALIZER])
             return  # the update event brings the zone back; the next reconcile adds the folder (spec 5)
-        previous = self.registry.get(owner)
+        _, previous = self.registry.get(owner, ('', ''))
         if previous and previous != folder:
-            await self._call(self.targets.remove, previous, owner)  # folder changed: drop the old one
+            await self._call(targets.remove, previous, owner)  # folder changed: drop the old one
             self.registry.pop(owner, None)
         if folder:
-            await self._call(self.targets.add, folder, owner)
-            self.registry[owner] = folder
+            await self._call(targets.add, folder, owner)
+            self.registry[owner] = (vcenter, folder)
             self.stats.added += 1
 
-    async def _reconcile_delete(self, zone: dict[str, Any], owner: str, folder: str) -> None:
+    async def _leave_other_vcenter(self, owner: str, vcenter: str | None) -> None:
+        """The Zone now names another vCenter than the one its folder was added to: remove it there."""
+        before, folder = self.registry.get(owner, ('', ''))
+        if not before or before == vcenter:
+            return
+        targets = self.shards.targets(before)
+        if targets is not None:
+            await self._call(targets.remove, folder, owner)
+        self.registry.pop(owner, None)
+
+    async def _unroutable(self, key: Key, zone: dict[str, Any], owner: str, vcenter: str) -> None:
+        """A Zone naming no configured vCenter: reported once per change, never watched."""
+        if self.unrouted.get(key) != vcenter:
+            what = f'names vCenter {vcenter!r}, which is not configured' if vcenter else 'names no vCenter'
+            log.warning('zone %s %s (label vmwatch.dev/vcenter; configured: %s): not watched', owner, what,
+                        ', '.join(self.router.names))  # fmt: skip
+            if self.events is not None:
+                await self.events.record(
+                    {**zone, 'apiVersion': f'{ZONE_GROUP}/{ZONE_VERSION}', 'kind': 'Zone'}, type_='Warning',
+                    reason='UnknownVCenter', message=f'vmwatch: this Zone {what}; its folder is not watched',
+                )  # fmt: skip
+        self.unrouted[key] = vcenter
+        ours = {FINALIZER, LEGACY_FINALIZER}
+        first = min(self.router.names)
+        if is_deleting(zone) and ours & set(finalizers(zone)) and self.shards.targets(first) is not None:
+            await self._set_finalizers(zone, [f for f in finalizers(zone) if f not in ours])
+
+    async def _reconcile_delete(self, zone: dict[str, Any], owner: str, folder: str, targets: FolderTargets) -> None:
         ours = {FINALIZER, LEGACY_FINALIZER}
         if not ours & set(finalizers(zone)):
             self.registry.pop(owner, None)
             return
-        for ref in dict.fromkeys(r for r in (folder, self.registry.get(owner, '')) if r):
-            await self._call(self.targets.remove, ref, owner)  # "no watcher" raises: keep the finalizer
+        _, registered = self.registry.get(owner, ('', ''))
+        for ref in dict.fromkeys(r for r in (folder, registered) if r):
+            await self._call(targets.remove, ref, owner)  # "no watcher" raises: keep the finalizer
             self.stats.removed += 1
         self.registry.pop(owner, None)
         await self._set_finalizers(zone, [f for f in finalizers(zone) if f not in ours])
