@@ -32,9 +32,18 @@ from kubernetes.client.exceptions import ApiException
 
 from vmwatch.settings import FIELD_MANAGER
 
-__all__ = ['LeaderElector', 'LeaseSettings', 'default_identity']
+__all__ = ['LeaderElector', 'LeaseSettings', 'brief', 'default_identity']
 
 log = logging.getLogger(__name__)
+
+
+def brief(exc: BaseException) -> str:
+    """One line for a failed API call: `409 Conflict` for an ApiException (its str() carries the headers and
+    the body over several lines), the type and message otherwise."""
+    if isinstance(exc, ApiException):
+        return f'HTTP {exc.status} {exc.reason}'
+    text = str(exc).splitlines()
+    return f'{type(exc).__name__}: {text[0][:300] if text else ""}'
 
 
 def default_identity() -> str:
@@ -200,7 +209,7 @@ class LeaderElector:
         try:
             ok = await asyncio.wait_for(asyncio.to_thread(self._try_acquire_or_renew_sync, timeout_s), timeout_s + 1)
         except Exception as exc:  # any failure (timeout, API error, connection refused) is "not this time"
-            log.info('lease %s/%s: attempt failed: %s', self.namespace, self.name, exc)
+            log.info('lease %s/%s: attempt failed: %s', self.namespace, self.name, brief(exc))
             ok = False
         if self._holder != holder and self._holder and self.on_new_leader is not None:
             self.on_new_leader(self._holder)

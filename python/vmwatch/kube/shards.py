@@ -29,7 +29,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from vmwatch.kube.leader import LeaderElector, LeaseSettings, _now, default_identity
+from vmwatch.kube.leader import LeaderElector, LeaseSettings, _now, brief, default_identity
 from vmwatch.settings import FIELD_MANAGER
 
 __all__ = ['MEMBER_LABEL', 'Membership', 'ShardLeases']
@@ -53,6 +53,7 @@ class Membership:
         self.name = f'{lease_name}-member-{hashlib.sha256(identity.encode()).hexdigest()[:10]}'
         self.live = 0  # live replicas at the last tick (0: no tick succeeded yet)
         self._seen: dict[str, tuple[tuple[Any, ...], float]] = {}  # member -> (record, our time it changed)
+        self._rv: str | None = None  # resourceVersion of our Lease as we last wrote it (None: create it)
 
     def tick(self, timeout_s: float) -> int:
         """Renew our Lease, list the members, forget long-expired ones; returns the live replicas (>= 1)."""
@@ -82,6 +83,9 @@ class Membership:
         return self.live
 
     def _renew(self, timeout_s: float) -> None:
+        """Create or update our membership Lease. An update must name the resourceVersion it replaces (the API
+        server refuses unconditional updates of Leases): the one our last write returned, read again after a
+        409 (someone else wrote it, e.g. a replica that forgot it while we were partitioned)."""
         body: Any = {
             'apiVersion': 'coordination.k8s.io/v1',
             'kind': 'Lease',
@@ -92,16 +96,32 @@ class Membership:
                 'renewTime': _now(),
             },
         }
+        for attempt in range(2):
+            try:
+                if self._rv is None:
+                    written = self.leases.create_namespaced_lease(
+                        self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=timeout_s
+                    )
+                else:
+                    body['metadata']['resourceVersion'] = self._rv
+                    written = self.leases.replace_namespaced_lease(
+                        self.name, self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=timeout_s
+                    )
+                self._rv = written.metadata.resource_version if written.metadata is not None else None
+                return
+            except ApiException as e:
+                if e.status not in (404, 409) or attempt:
+                    raise
+                self._rv = self._read_rv(timeout_s)  # 409: another version is there; 404: it was deleted
+
+    def _read_rv(self, timeout_s: float) -> str | None:
         try:
-            self.leases.replace_namespaced_lease(
-                self.name, self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=timeout_s
-            )
+            lease: Any = self.leases.read_namespaced_lease(self.name, self.namespace, _request_timeout=timeout_s)
         except ApiException as e:
-            if e.status != 404:
-                raise
-            self.leases.create_namespaced_lease(
-                self.namespace, body, field_manager=FIELD_MANAGER, _request_timeout=timeout_s
-            )
+            if e.status == 404:
+                return None
+            raise
+        return str(lease.metadata.resource_version)
 
     def _forget(self, name: str, resource_version: str, timeout_s: float) -> None:
         with contextlib.suppress(ApiException):  # another replica deleted it first, or it was renewed: fine
@@ -221,7 +241,7 @@ class ShardLeases:
                     self.on_replicas(live)
                 self._rebalance()
             except Exception as e:  # the API is down: keep what we hold (the electors judge their own Leases)
-                log.info('membership lease %s: tick failed: %s', self.membership.name, e)
+                log.info('membership lease %s: tick failed: %s', self.membership.name, brief(e))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
 
