@@ -132,6 +132,7 @@ class Leadership:
             shard.start_watching()
             await asyncio.Event().wait()  # until the Lease is lost or the process stops (this task is cancelled)
         finally:
+            shard.held = False  # no Zone write for this vCenter from now on
             self.metrics.leader.labels(name=shard.lease_name).set(0)
             shard.metrics.held.set(0)
             self.held.discard(name)

@@ -91,6 +91,8 @@ class Service:
             )  # fmt: skip
             for vc in vcenters
         }
+        for shard in self.shards.values():  # without leader election this process holds every shard
+            shard.held = zone_controller
         self.metrics.watch_feed('virtualmachine', self.index.bad_objects)
         self.metrics.watch_feed('zone', self.zones.cache.bad_objects)
 

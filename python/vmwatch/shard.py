@@ -134,10 +134,11 @@ class Shard:
 
     async def stop_watching(self) -> None:
         """Stop the watcher and the checkpoint writer at once (lost the Lease, or shutting down). Writes nothing:
-        after a lost Lease another replica may be writing; a clean shutdown calls `save_checkpoint` itself."""
+        after a lost Lease another replica may be writing; a clean shutdown calls `save_checkpoint` itself.
+        `held` stays as it is: whoever holds the shard (Leadership, or the Service without leader election)
+        says when it is let go."""
         tasks = [t for t in (self._watch_task, self._checkpoint_task) if t is not None]
         self._watch_task = self._checkpoint_task = None
-        self.held = False
         self._stop.set()
         for task in tasks:
             task.cancel()

@@ -157,7 +157,9 @@ async def test_g_slow_consumer(kube_api: client.ApiClient, vc: VcsimServer, reco
 
     async with service_env(kube_api, vc) as env:
         fleet = await make_fleet(env, N)
-        queue = env.service.queue = WorkQueue()  # the env's consumer keeps the old queue: nobody drains this one
+        queue = WorkQueue()  # the env's consumer keeps the old queue: nobody drains this one
+        queue.on_idle = env.service.queue.on_idle
+        env.service.queue = env.service.shard.intake.queue = queue
         watcher = env.service.shard.slot.watcher
         assert watcher is not None
         peak = 0

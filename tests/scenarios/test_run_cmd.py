@@ -128,9 +128,13 @@ def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
     assert code == 200
     assert 'vmwatch_signals_total' in metrics and 'leader_election_master_status{name="vmwatch"} 1.0' in metrics
     values = {ln.split(' ')[0]: float(ln.split(' ')[1]) for ln in metrics.splitlines() if ln and not ln.startswith('#')}
-    assert values['vmwatch_batches_total'] >= 1 and values['vmwatch_object_updates_total'] >= 1, metrics
-    assert values['vmwatch_cache_items'] >= 1 and values['vmwatch_index_size'] >= 1
-    assert values['vmwatch_last_successful_wait_timestamp_seconds'] > 0
+    vc = '{vcenter="default"}'  # the --vc-* flags' one vCenter: every per-vCenter series carries its name
+    assert values['vmwatch_batches_total' + vc] >= 1 and values['vmwatch_object_updates_total' + vc] >= 1, metrics
+    assert values['vmwatch_cache_items' + vc] >= 1 and values['vmwatch_index_size' + vc] >= 1
+    assert values['vmwatch_last_successful_wait_timestamp_seconds' + vc] > 0
+    assert values['vmwatch_shard_held' + vc] == 1
+    code, body = http_get(f'{p.base}/readyz?verbose')
+    assert code == 200 and body.splitlines()[1:] == ['[+]vcenter default ok: watching', 'readyz check passed'], body
     assert values['workqueue_work_duration_seconds_count{name="virtualmachine"}'] >= 1
     assert p.stop() == 0  # SIGTERM: a clean stop
 

@@ -191,7 +191,7 @@ async def test_29_unreachable_vcenter_never_ends_the_service(kube_api: client.Ap
         vc.stop()
         await until(lambda: env.service.shard.restarts >= 3, 'restarts while vCenter is down')
         assert not env.service.watching and 'unreachable' in env.service.shard.status
-        task = env.service._watch_task
+        task = env.service.shard._watch_task
         assert task is not None and not task.done()  # the service never exits because vCenter is down
         vc.start()
         await until(lambda: env.service.watching, 'a watcher once vCenter is back', timeout_s=30)

@@ -101,7 +101,7 @@ async def test_an_api_that_cannot_answer_does_not_lose_the_signal(
     dead.host = f'https://127.0.0.1:{free_port()}'  # nothing listens there
     dead.retries = False
     with client.ApiClient(dead) as api:
-        service.objects = client.CustomObjectsApi(api)
+        service.shard.intake.objects = client.CustomObjectsApi(api)
         await handle(service, signal('vm-4', namespace, 'unknown'))
     assert len(service.queue) == 1
     assert await service.queue.get() == (namespace, 'unknown')
