@@ -47,6 +47,9 @@ ROWS = {
     'A5': 'one undecodable object update in a WaitForUpdatesEx response',
     'A7': 'vCenter cannot report a property of a VM (missingSet)',
     'C3': 'hostile input: a response over the size cap, a 50 MB value, a gzip bomb',
+    'S1': 'three vCenters, two replicas: the replica holding two shards killed (SIGKILL) while changes flow',
+    'S2': 'one of three vCenters down',
+    'S3': 'a Zone naming a vCenter that is not configured',
 }
 
 

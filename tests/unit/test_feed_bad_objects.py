@@ -253,3 +253,44 @@ async def test_a_queue_shut_down_is_not_reported_as_full(caplog: pytest.LogCaptu
     assert s.metrics.dropped.labels(name='virtualmachine')._value.get() == 0
     assert not any('work queue is full' in r.getMessage() for r in caplog.records)
     await s.stop()
+
+
+class LabelledObjects:
+    """A CustomObjectsApi whose GET answers a VirtualMachine labelled with vCenter `vcenter`."""
+
+    def __init__(self, vcenter: str) -> None:
+        self.vcenter = vcenter
+
+    def get_namespaced_custom_object(self, *args: Any, _request_timeout: float = 0) -> dict[str, Any]:
+        return vm(
+            args[4], metadata={'namespace': 'ns', 'name': args[4], 'labels': {'vmwatch.dev/vcenter': self.vcenter}}
+        )
+
+
+async def test_a_signal_naming_a_vm_of_another_vcenter_is_skipped(tmp_path: Any) -> None:
+    """vm-1 on vCenter a may carry a name (extraConfig) that belongs to vCenter b's VirtualMachine: shard a never
+    enqueues it, whether the index has it or the validation GET finds it (issue 12)."""
+    f = tmp_path / 'vcenters.yaml'
+    f.write_text(
+        ''.join(f'- {{name: {n}, url: "https://vc-{n}.invalid/sdk", user: u, passwordFile: /p}}\n' for n in 'ab')
+    )
+    s = Service(ServiceSettings(vcenters_file=f, leader_elect=False), api=client.ApiClient(), disabled=False,
+                queue=WorkQueue())  # fmt: skip
+    labelled = {n: vm(n, metadata={'namespace': 'ns', 'name': n, 'labels': {'vmwatch.dev/vcenter': v}})
+                for n, v in (('mine', 'a'), ('theirs', 'b'))}  # fmt: skip
+    s.index.apply_list(list(labelled.values()), '1')
+    a, b = s.shards['a'], s.shards['b']
+    await a.intake.handle(cast(Signal, FakeSignal('ns', 'theirs', 'vm-1')))
+    await a.intake.handle(cast(Signal, FakeSignal('ns', 'mine', 'vm-1')))
+    await b.intake.handle(cast(Signal, FakeSignal('ns', 'theirs', 'vm-1')))
+    a.intake.objects = LabelledObjects('b')
+    await a.intake.handle(cast(Signal, FakeSignal('ns', 'new-on-b', 'vm-2')))  # not indexed yet: GET says b's
+    while s.validating:
+        await asyncio.sleep(0.005)
+    assert sorted([await s.queue.get(), await s.queue.get()]) == [('ns', 'mine'), ('ns', 'theirs')]
+    assert s.queue.depth == 0
+    value = s.metrics.registry.get_sample_value
+    assert value('vmwatch_skipped_total', {'vcenter': 'a', 'reason': 'other_vcenter'}) == 2
+    assert value('vmwatch_validation_gets_total', {'vcenter': 'a'}) == 1
+    assert value('vmwatch_skipped_total', {'vcenter': 'b', 'reason': 'other_vcenter'}) is None
+    await s.stop()
