@@ -358,6 +358,11 @@ class Watcher:
         """Signals waiting to be taken."""
         return len(self._signals)
 
+    @property
+    def synced(self) -> bool:
+        """True once a complete initial sync (every truncated page of it) was processed."""
+        return self._synced
+
     async def _put(self, signal: Signal) -> None:
         key = (signal.namespace, signal.name)
         if key in self._signals:

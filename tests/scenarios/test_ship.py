@@ -187,6 +187,7 @@ def test_service_account_is_allowed_what_the_role_grants_and_refused_the_rest(rb
             ),
             'create lease in vmwatch-system': lambda: leases.create_namespaced_lease(NAMESPACE, lease),
             'list leases in vmwatch-system': lambda: leases.list_namespaced_lease(NAMESPACE),
+            'delete lease in vmwatch-system': lambda: leases.delete_namespaced_lease('probe', NAMESPACE),
             'create checkpoint configmap in vmwatch-system': lambda: core.create_namespaced_config_map(
                 NAMESPACE, {'metadata': {'name': 'vmwatch-checkpoint-probe'}}),
             'list configmaps in vmwatch-system': lambda: core.list_namespaced_config_map(NAMESPACE),
@@ -211,6 +212,8 @@ def test_service_account_is_allowed_what_the_role_grants_and_refused_the_rest(rb
             'list configmaps in another namespace': lambda: core.list_namespaced_config_map(namespace),
             'list namespaces': lambda: core.list_namespace(),
             'list pods': lambda: core.list_pod_for_all_namespaces(),
+            'replace zone (finalizers are patched)': lambda: objects.replace_namespaced_custom_object(
+                *ZONES[:2], namespace, ZONES[2], 'z', {'metadata': {'name': 'z'}}),
         }  # fmt: skip
         got_allowed = {what: _status(call) for what, call in allowed.items()}
         got_refused = {what: _status(call) for what, call in refused.items()}

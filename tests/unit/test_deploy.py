@@ -103,6 +103,39 @@ def test_example_overlay_patches_known_settings_and_stays_valid() -> None:
     assert 'tools.heartbeat' in settings.filter_settings().all_ignored_keys()
 
 
+def test_three_vcenters_overlay_configures_three_shards_with_their_secrets_mounted() -> None:
+    overlay = DEPLOY / 'overlays' / 'three-vcenters'
+    kustomization = yaml.safe_load((overlay / 'kustomization.yaml').read_text())
+    assert [(overlay / r).resolve() for r in kustomization['resources']] == [BASE.resolve()]
+    (generated,) = kustomization['configMapGenerator']
+    merged = dict(_configmap()['data'])
+    (settings_patch,) = _load(overlay / 'settings.yaml')
+    assert set(settings_patch['data']) <= set(merged), 'the overlay names a setting that does not exist'
+    merged.update(settings_patch['data'])
+    settings = load_service_settings(NO_FLAGS, environ=merged).validate()
+    mount_dir = str(settings.vcenters_file).rsplit('/', 1)[0]
+    assert generated['files'] == [Path(str(settings.vcenters_file)).name]
+    local = replace(settings, vcenters_file=overlay / generated['files'][0])  # the file the ConfigMap carries
+    vcenters = local.vcenters()
+    assert [vc.name for vc in vcenters] == ['site-a', 'site-b', 'site-c']
+    assert [local.shard_lease_name(vc.name) for vc in vcenters] == [
+        'vmwatch-site-a',
+        'vmwatch-site-b',
+        'vmwatch-site-c',
+    ]
+    (deployment_patch,) = _load(overlay / 'deployment.yaml')
+    assert deployment_patch['spec']['replicas'] == 3
+    pod = deployment_patch['spec']['template']['spec']
+    (container,) = pod['containers']
+    mounts = {m['mountPath']: m['name'] for m in container['volumeMounts'] if 'mountPath' in m}
+    volumes = {v['name']: v for v in pod['volumes']}
+    assert {'name': 'vcenter', '$patch': 'delete'} in pod['volumes']  # the base's one Secret is not mounted
+    assert volumes[mounts[mount_dir]]['configMap']['name'] == generated['name']
+    for vc in vcenters:  # every credentials file lies in a mounted Secret
+        for path in (vc.user_file, vc.password_file, vc.ca_file):
+            assert path is not None and 'secret' in volumes[mounts[str(path.parent)]], (vc.name, path)
+
+
 def test_dockerfile_copies_what_exists_and_matches_the_deployment() -> None:
     """No engine here builds the image (hadolint runs in `make lint`): check what the tree can check."""
     root = DEPLOY.parent
