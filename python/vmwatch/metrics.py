@@ -206,6 +206,17 @@ class ShardMetrics:
         m.cache_items.labels(v).set(stats.get('items', 0))
         m.cache_bytes.labels(v).set(stats.get('bytes', 0))
 
+    def observe_skips(self, stats: Mapping[str, int], seen: dict[str, int]) -> None:
+        """Copy a watcher's `skipped_<reason>` counts (the core's decisions: unchanged, ignored_only,
+        verified_enter, delivered, ...) into vmwatch_skipped_total{reason}; `seen` as in observe_problems."""
+        for key, value in list(stats.items()):
+            if not key.startswith('skipped_'):
+                continue
+            delta = value - seen.get(key, 0)
+            if delta > 0:
+                self._m.skipped.labels(self.vcenter, key.removeprefix('skipped_')).inc(delta)
+                seen[key] = value
+
     def observe_problems(self, stats: Mapping[str, int], seen: dict[str, int]) -> None:
         """Copy a watcher's `bad_updates` and `missing_<fault>` counts (vmwatch/problems.py) into their
         counters. `seen` holds the values copied before from the same watcher (updated here)."""

@@ -317,7 +317,11 @@ class Shard:
                     self._metrics_seen[key] = value
                     if key == 'batches':
                         m.last_wait.set_to_current_time()
+            m.observe_skips(watcher.stats, self._metrics_seen)
             m.observe_problems(watcher.stats, self._metrics_seen)
+            times = watcher.decide_seconds
+            while times:
+                m.batch_seconds.observe(times.popleft())
         m.observe_cache(self.decider.cache_stats())
         m.index_size.set(index_size)
         m.index_bytes.set(index_bytes)

@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -136,6 +137,8 @@ class Watcher:
         self._cancel_grace_s = cancel_grace_s
         self._deliver_on_take = deliver_on_take
         self._synced = False  # a complete initial sync was processed
+        self.decide_seconds: deque[float] = deque(maxlen=4096)
+        """Decode + decide time of each response not yet taken (`vmwatch_batch_duration_seconds`); bounded."""
 
         self._views: Views | None = None
         self._collector: Collector | None = None
@@ -554,10 +557,13 @@ class Watcher:
         """One WaitForUpdatesEx round trip and its decision (runs in a thread; the core releases the GIL)."""
         assert self._collector is not None
         body = self._collector.wait(version, max_wait_s=max_wait_s)
+        started = time.perf_counter()
         try:
             return self.decider.decide(body)
         except DecodeError as e:
             raise ProtocolError(f'WaitForUpdatesEx: undecodable response ({len(body)} bytes): {e}') from e
+        finally:
+            self.decide_seconds.append(time.perf_counter() - started)
 
     def _on_fault(self, fault: Fault, version: str) -> str:
         kind = fault.fault_type

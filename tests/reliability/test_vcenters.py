@@ -342,6 +342,9 @@ def test_a_zone_naming_an_unknown_vcenter_is_reported_and_not_watched(sites: Sit
     for name in sites.changes.vms:  # nothing else disturbed
         sites.changes.change(name)
     wait_until(lambda: not lost(sites.changes, requests(p)), 'every vCenter signalled', timeout_s=30)
+    for site in SITES:  # the core's decisions reach Prometheus per vCenter: no checkpoint yet, verified VMs entered
+        assert metric(p, f'vmwatch_skipped_total{{reason="verified_enter",vcenter="{site}"}}') == N_VMS
+        assert metric(p, f'vmwatch_batch_duration_seconds_count{{vcenter="{site}"}}') >= 2
     recorder.record(
         'S3', lost=len(lost(sites.changes, requests(p))),
         test='test_vcenters.py::test_a_zone_naming_an_unknown_vcenter_is_reported_and_not_watched',

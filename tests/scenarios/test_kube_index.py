@@ -112,6 +112,38 @@ def test_index_lists_then_follows_every_change(kube_api: Any, namespace: str) ->
         assert idx.stats.errors == 0 and idx.stats.lists == 1
 
 
+def test_vms_are_indexed_per_vcenter_and_listed_once_after_the_zones(kube_api: Any, namespace: str) -> None:
+    """Two VirtualMachines with the same uniqueID on two vCenters land in two indexes (issue 12). The Zone changes
+    seen while the first list waits for the Zones cost no second list; a later change of the map relists."""
+    api, ns = kube_api, namespace
+    create_vm(api, ns, 'on-a', uid='vm-7')
+    create_vm(api, ns, 'on-b', uid='vm-7')
+    routes = {'on-a': 'a', 'on-b': 'b'}
+    holder: list[VirtualMachineIndex] = []
+
+    def before_list() -> None:  # what the Zone cache's first list does meanwhile: the Zone -> vCenter map changes
+        holder[0].request_relist()
+
+    idx = VirtualMachineIndex(api, indexes={'a': Index(), 'b': Index()}, before_list=before_list,
+                              route=lambda obj: routes.get(obj['metadata']['name']))  # fmt: skip
+    holder.append(idx)
+    with idx:
+        assert idx.wait_synced(TIMEOUT_S)
+        time.sleep(0.5)
+        assert idx.stats.lists == 1
+        assert idx.indexes['a'].by_unique_id('vm-7') == (ns, 'on-a')
+        assert idx.indexes['b'].by_unique_id('vm-7') == (ns, 'on-b')
+        assert idx.get(ns, 'on-a', vcenter='b') is None and idx.owner(ns, 'on-a') == 'a'
+        routes['on-a'] = 'b'  # its Zone now names vCenter b
+        idx.request_relist()
+        deadline = time.monotonic() + TIMEOUT_S
+        while idx.stats.lists < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert idx.stats.lists == 2
+        assert idx.owner(ns, 'on-a') == 'b' and idx.indexes['a'].get(ns, 'on-a') is None
+        assert idx.indexes['b'].by_unique_id('vm-7') is None  # two VMs claim it there now: ambiguous
+
+
 def test_410_gone_relists_without_losing_or_keeping_a_vm(kube_api: Any, kube_server: Any, namespace: str) -> None:
     api, ns = kube_api, namespace
     for name in ('kept', 'deleted', 'changed'):

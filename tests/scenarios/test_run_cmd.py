@@ -133,6 +133,7 @@ def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
     assert values['vmwatch_cache_items' + vc] >= 1 and values['vmwatch_index_size' + vc] >= 1
     assert values['vmwatch_last_successful_wait_timestamp_seconds' + vc] > 0
     assert values['vmwatch_shard_held' + vc] == 1
+    assert values['vmwatch_batch_duration_seconds_count' + vc] >= values['vmwatch_batches_total' + vc]
     code, body = http_get(f'{p.base}/readyz?verbose')
     assert code == 200 and body.splitlines()[1:] == ['[+]vcenter default ok: watching', 'readyz check passed'], body
     assert values['workqueue_work_duration_seconds_count{name="virtualmachine"}'] >= 1

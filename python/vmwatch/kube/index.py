@@ -116,6 +116,9 @@ class VirtualMachineIndex(ListWatch):
             return resume
         if self.before_list is not None:
             self.before_list()
+            # the Zone changes that arrived while it waited are in the map this list routes by: listing again
+            # for them would only double the start-up cost (one more full list of every VirtualMachine)
+            self._relist.clear()
         return super()._list()
 
     # -- reading ------------------------------------------------------------------------------------
