@@ -8,11 +8,11 @@ their VMs alike, so the MoRefs collide across them). For each layout the same nu
 exists (verified: status.uniqueID is the MoRef; labelled vmwatch.dev/vcenter in the sharded layout), and one
 Zone per vCenter names its VM folder. Each run is a fresh process embedding `vmwatch.Service` (the code
 `vmwatch run` runs, without leader election and checkpoints): from the interpreter's start to the initial sync
-of every vCenter processed, then it reports and exits at once (after a 15 s pause once the objects are written,
-so that the API server's own work on thousands of writes does not land in the figure). Wall time is measured by the parent from the
-spawn; CPU seconds and peak RSS come from the child's rusage (os.wait4), so imports are included. The runs of
-the two layouts alternate. Memory per VM is the fingerprint caches' and the indexes' own byte counts over the
-VMs. Writes benches/results/vcenters-<date>.json.
+of every vCenter processed, then it reports and exits at once. The objects are written first, then the bench
+waits 15 s, so that the API server's own work on thousands of writes does not land in the figure. Wall time is
+measured by the parent from the spawn; CPU seconds and peak RSS come from the child's rusage (os.wait4), so
+imports are included. The runs of the two layouts alternate. Memory per VM is the fingerprint caches' and the
+indexes' own byte counts over the VMs. Writes benches/results/vcenters-<date>.json.
 """
 
 from __future__ import annotations
