@@ -82,11 +82,12 @@ benchmark: build-prod ## Decode benchmark: vmwatch vs pyVmomi vs govmomi vs expa
 	$(BIN)/python benches/decode_bench.py
 
 .PHONY: bench
-bench: build-prod servers ## Benchmarks vs a plain pyVmomi watcher (~40 min): benches/results/{startup,pipeline,vcsim}-<date>.json + PNGs
+bench: build-prod servers ## Benchmarks vs a plain pyVmomi watcher, and several vCenters (~55 min): benches/results/{startup,pipeline,vcsim,vcenters}-<date>.json + PNGs
 	$(BIN)/pip install -q 'matplotlib>=3.8'
 	$(BIN)/python benches/startup_bench.py
 	$(BIN)/python benches/pipeline_bench.py --startup-vms 1000 2000
 	$(BIN)/python benches/vcsim_bench.py
+	$(BIN)/python benches/vcenters_bench.py
 
 .PHONY: demo
 demo: build-prod servers ## Build everything and run the demo on a local vcsim + kube-apiserver

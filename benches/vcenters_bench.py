@@ -114,20 +114,35 @@ def prepare(kubeconfig: Path, ns: str, vcenters: list[tuple[str, str, list[tuple
     return time.perf_counter() - t0
 
 
-def remove(kubeconfig: Path, ns: str) -> None:
-    """Delete a layout's objects (the test servers have no namespace controller; Zones carry our finalizer)."""
+def remove(kubeconfig: Path, ns: str, timeout_s: float = 600.0) -> None:
+    """Delete a layout's objects (the test servers have no namespace controller; Zones carry our finalizer). A
+    loaded API server may answer the collection delete with a 504 while it goes on deleting: ask again until the
+    namespace is empty."""
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
     from vmwatch.kube.crds import api_client
 
     with client.ApiClient(api_client(kubeconfig).configuration) as api:
         objects: Any = client.CustomObjectsApi(api)
-        objects.delete_collection_namespaced_custom_object(*VMS[:2], ns, VMS[2])
         for zone in objects.list_namespaced_custom_object(*ZONES[:2], ns, ZONES[2])['items']:
             name = zone['metadata']['name']
             objects.patch_namespaced_custom_object(*ZONES[:2], ns, ZONES[2], name, {'metadata': {'finalizers': None}},
                                                    _content_type='application/merge-patch+json')  # fmt: skip
             objects.delete_namespaced_custom_object(*ZONES[:2], ns, ZONES[2], name)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                objects.delete_collection_namespaced_custom_object(*VMS[:2], ns, VMS[2], _request_timeout=120)
+            except (ApiException, OSError) as e:  # urllib3's timeouts are OSErrors
+                print(f'deleting the VirtualMachines of {ns}: {getattr(e, "status", type(e).__name__)}; again',
+                      file=sys.stderr)  # fmt: skip
+            left = objects.list_namespaced_custom_object(*VMS[:2], ns, VMS[2], limit=1)['items']
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f'the VirtualMachines of {ns} are still there after {timeout_s:.0f} s')
+            time.sleep(5)
 
 
 def run_child(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -147,7 +162,7 @@ def run_child(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     return {**res, 'seconds': wall, 'cpu_s': usage.ru_utime + usage.ru_stime, 'peak_rss_bytes': usage.ru_maxrss * 1024}
 
 
-def bench(total: int, n_vcenters: int, runs: int) -> dict[str, Any]:
+def bench(total: int, n_vcenters: int, runs: int, settle_s: float = SETTLE_S) -> dict[str, Any]:
     from vmwatch.devenv import KubeServer
 
     with tempfile.TemporaryDirectory(prefix='vmwatch-vcenters-') as tmp_s:
@@ -179,7 +194,7 @@ def bench(total: int, n_vcenters: int, runs: int) -> dict[str, Any]:
                 for name, layout in layouts.items():  # alternate: one process per run and layout
                     ns = f'bench-{os.urandom(3).hex()}'
                     prepared[name] = prepare(kube.kubeconfig, ns, layout['vcenters'], label=len(layout['vcenters']) > 1)
-                    time.sleep(SETTLE_S)  # the API server and etcd digest thousands of writes: not in the figure
+                    time.sleep(settle_s)  # the API server and etcd digest thousands of writes: not in the figure
                     try:
                         s = run_child({**layout['spec'], 'kubeconfig': str(kube.kubeconfig)}, tmp)
                     finally:
@@ -229,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--vms', type=int, default=6000, help='VMs in all (default 6000)')
     p.add_argument('--vcenters', type=int, default=3, help='vCenters sharing them (default 3)')
     p.add_argument('--runs', type=int, default=3)
+    p.add_argument('--settle-s', type=float, default=SETTLE_S, help='pause after writing the objects (default 15)')
+    p.add_argument('--smoke', action='store_true', help='a tiny run that checks the harness (results-*-smoke.json)')
     p.add_argument('--out', type=Path, default=Path(__file__).resolve().parent / 'results')
     args = p.parse_args(argv)
     if args.child:
@@ -236,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.vcenters < 2 or args.vms < args.vcenters:
         p.error('--vcenters must be at least 2 and --vms at least --vcenters')
     result = {'date': dt.date.today().isoformat(), 'machine': machine(), 'versions': versions(),
-              **bench(args.vms, args.vcenters, args.runs)}  # fmt: skip
+              **bench(args.vms, args.vcenters, args.runs, args.settle_s)}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    write_result(args.out, f'vcenters-{result["date"]}', result)
+    write_result(args.out, f'vcenters-{result["date"]}{"-smoke" if args.smoke else ""}', result)
     return 0
 
 

@@ -122,3 +122,23 @@ def test_steady_and_kube_startup_smoke(tmp_path: Path, kube_server: Any) -> None
         left = client.CustomObjectsApi(api).list_cluster_custom_object('vmoperator.vmware.com', 'v1alpha6',
                                                                        'virtualmachines')['items']  # fmt: skip
     assert not [vm for vm in left if vm['metadata']['namespace'].startswith('bench-')], 'left behind'
+
+
+def test_vcenters_smoke(tmp_path: Path, kube_server: Any) -> None:
+    """benches/vcenters_bench.py with 3 vCenters x 16 VMs (it starts its own servers; kube_server only marks the
+    test as one that needs them)."""
+    subprocess.run(
+        [sys.executable, str(ROOT / 'benches' / 'vcenters_bench.py'), '--smoke', '--vms', '48', '--runs', '1',
+         '--settle-s', '0', '--out', str(tmp_path)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    (path,) = tmp_path.glob('vcenters-*-smoke.json')
+    result = json.loads(path.read_text())
+    rows = result['rows']
+    assert set(rows) == {'one vCenter', '3 vCenters'}
+    for name, row in rows.items():
+        (sample,) = row['samples']
+        assert row['vms'] == 48 and sample['indexed'] == 48, (name, row)  # vcsim: 4 clusters of 12 or 4
+        assert sample['shards'] == row['vcenters'] and sample['queued'] == 0  # verified VMs: no request at start
+        assert row['median_cpu_s'] > 0 and row['median_peak_rss_bytes'] > 0 and row['cache_index_bytes_per_vm'] > 0
+    assert {'cpu_ratio', 'extra_cpu_s_per_vcenter', 'extra_rss_mib_per_vcenter'} <= set(result['summary']['overhead'])
