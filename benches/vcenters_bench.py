@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_common import last_json_line, write_result
 from pipeline_bench import machine, versions
-from vcsim_bench import inventory, k8s_name, start_vcsim, vc_info
+from vcsim_bench import inventory, k8s_name, pooled_namespace, start_vcsim, vc_info
 
 VMS = ('vmoperator.vmware.com', 'v1alpha6', 'virtualmachines')
 ZONES = ('topology.tanzu.vmware.com', 'v1alpha1', 'zones')
@@ -82,14 +82,8 @@ def prepare(kubeconfig: Path, ns: str, vcenters: list[tuple[str, str, list[tuple
     """Zones and VirtualMachine objects for one layout: (vCenter name, folder, [(MoRef, VM name)]) each."""
     from kubernetes import client
 
-    from vmwatch.kube.crds import api_client, install_crds
-
     t0 = time.perf_counter()
-    api = api_client(kubeconfig)
-    api.configuration.connection_pool_maxsize = 16
-    api = client.ApiClient(api.configuration)
-    install_crds(api)
-    client.CoreV1Api(api).create_namespace({'metadata': {'name': ns}})
+    api = pooled_namespace(kubeconfig, ns)
     objects: Any = client.CustomObjectsApi(api)
     jobs = []
     for name, folder, listed in vcenters:

@@ -564,18 +564,26 @@ def k8s_name(vm_name: str) -> str:
     return vm_name.lower().replace('_', '-')
 
 
-def prepare_kube(kubeconfig: Path, ns: str, listed: list[tuple[str, str]], unverified_every: int) -> float:
-    """Create one VirtualMachine per VM through the API (a thread pool of creates and status patches)."""
+def pooled_namespace(kubeconfig: Path, ns: str) -> Any:
+    """An API client with connections for 16 threads, the CRDs installed and the namespace `ns` created."""
     from kubernetes import client
 
     from vmwatch.kube.crds import api_client, install_crds
 
-    t0 = time.perf_counter()
     api = api_client(kubeconfig)
     api.configuration.connection_pool_maxsize = 16
     api = client.ApiClient(api.configuration)
     install_crds(api)
     client.CoreV1Api(api).create_namespace({'metadata': {'name': ns}})
+    return api
+
+
+def prepare_kube(kubeconfig: Path, ns: str, listed: list[tuple[str, str]], unverified_every: int) -> float:
+    """Create one VirtualMachine per VM through the API (a thread pool of creates and status patches)."""
+    from kubernetes import client
+
+    t0 = time.perf_counter()
+    api = pooled_namespace(kubeconfig, ns)
     objects = client.CustomObjectsApi(api)
     group, version, plural = 'vmoperator.vmware.com', 'v1alpha6', 'virtualmachines'
 

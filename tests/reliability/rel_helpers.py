@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +31,42 @@ def topology(vms: int) -> tuple[str, ...]:
 
 WATCHED_KEY = 'guestinfo.reliability'  # not in the ignore set: a watched change
 IGNORED_KEY = 'vmware.tools.internalversion'  # in the ignore set (settings.py): never a signal by itself
+
+
+@dataclass(kw_only=True)
+class ChangeStream:
+    """Watched changes (WATCHED_KEY set to a new value) made on demand or by a thread: VM name -> the times (Unix)
+    of its changes. Subclasses say how a VM's value is written (`write`)."""
+
+    at: dict[str, list[float]] = field(default_factory=dict)
+    counter: int = 0
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # vcsims may outlive a test: new values
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def write(self, name: str, value: str) -> None:
+        raise NotImplementedError
+
+    def change(self, name: str) -> None:
+        self.counter += 1
+        self.at.setdefault(name, []).append(time.time())
+        self.write(name, f'{self.token}-{self.counter}')
+
+    def start(self, seed: int, names: list[str], period_s: float = 0.1) -> None:
+        rng = random.Random(seed)
+
+        def loop() -> None:
+            while not self._stop.wait(period_s):
+                self.change(rng.choice(names))
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, name='changes', daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
 @dataclass

@@ -9,14 +9,12 @@ each VM changed got a request written after its last change.
 
 from __future__ import annotations
 
-import random
 import re
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from probes import http_get, run_env_vars, wait_until
-from rel_helpers import WATCHED_KEY, topology
+from rel_helpers import WATCHED_KEY, ChangeStream, topology
 from test_run_cmd import RunProcess
 
 from conftest import Recorder
@@ -40,37 +38,15 @@ LEASE_S = 3.0
 _LOG_TIME = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ')
 
 
-@dataclass
-class Changes:
-    """Watched changes made by a thread: VM name -> times (Unix) of its changes."""
+@dataclass(kw_only=True)
+class Changes(ChangeStream):
+    """Watched changes made on one vcsim."""
 
     session: Session
     vms: dict[str, MoRef]
-    at: dict[str, list[float]] = field(default_factory=dict)
-    counter: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def change(self, name: str) -> None:
-        self.counter += 1
-        self.at.setdefault(name, []).append(time.time())
-        inv.set_extra_config(self.session, self.vms[name], {WATCHED_KEY: str(self.counter)})
-
-    def start(self, seed: int, names: list[str], period_s: float = 0.1) -> None:
-        rng = random.Random(seed)
-
-        def loop() -> None:
-            while not self._stop.wait(period_s):
-                self.change(rng.choice(names))
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=loop, name='changes', daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+    def write(self, name: str, value: str) -> None:
+        inv.set_extra_config(self.session, self.vms[name], {WATCHED_KEY: value})
 
 
 def requests(*procs: RunProcess) -> dict[str, list[tuple[float, str]]]:
@@ -139,7 +115,7 @@ def fleet(kube_server: KubeServer, kube_api: client.ApiClient, vcsim_factory: An
         procs.append(p)
         return p
 
-    changes = Changes(session, vms)
+    changes = Changes(session=session, vms=vms)
     yield type('Fleet', (), {'start': staticmethod(start), 'changes': changes, 'namespace': namespace,
                              'objects': objects, 'procs': procs})  # fmt: skip
     changes.stop()

@@ -10,9 +10,7 @@ the wrong one. Site a's VMs name their vCenter by their own label, sites b and c
 from __future__ import annotations
 
 import contextlib
-import random
 import signal
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ import pytest
 import yaml
 from kubernetes import client
 from probes import http_get, run_env_vars, wait_until
-from rel_helpers import WATCHED_KEY, topology
+from rel_helpers import WATCHED_KEY, ChangeStream, topology
 from test_failover import lost, metric, requests
 from test_run_cmd import RunProcess
 
@@ -41,38 +39,15 @@ LEASE_S = 3.0
 VCENTER_LABEL = 'vmwatch.dev/vcenter'
 
 
-@dataclass
-class Changes:
-    """Watched changes made on several vcsims: VM name -> times (Unix) of its changes."""
+@dataclass(kw_only=True)
+class Changes(ChangeStream):
+    """Watched changes made on several vcsims: VM name -> (the session of its vcsim, its MoRef)."""
 
     vms: dict[str, tuple[Session, MoRef]]
-    at: dict[str, list[float]] = field(default_factory=dict)
-    counter: int = 0
-    token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])  # the vcsims outlive a test: new values
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
 
-    def change(self, name: str) -> None:
-        self.counter += 1
-        self.at.setdefault(name, []).append(time.time())
+    def write(self, name: str, value: str) -> None:
         session, ref = self.vms[name]
-        inv.set_extra_config(session, ref, {WATCHED_KEY: f'{self.token}-{self.counter}'})
-
-    def start(self, seed: int, names: list[str], period_s: float = 0.1) -> None:
-        rng = random.Random(seed)
-
-        def loop() -> None:
-            while not self._stop.wait(period_s):
-                self.change(rng.choice(names))
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=loop, name='changes', daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        inv.set_extra_config(session, ref, {WATCHED_KEY: value})
 
 
 @pytest.fixture(scope='module')
@@ -179,7 +154,7 @@ def sites(
                        VMWATCH_VCENTERS_FILE=str(vcenters_file))  # fmt: skip
     for key in [k for k in env if k.startswith('VMWATCH_VC_')]:
         del env[key]
-    s = Sites(namespace, objects, env, Changes(vms), dict(vcsims), folders, tmp_path, sessions)
+    s = Sites(namespace, objects, env, Changes(vms=vms), dict(vcsims), folders, tmp_path, sessions)
     for site in SITES:
         s.zone(f'zone-{site}', folders[site].value, {VCENTER_LABEL: site})
     yield s
