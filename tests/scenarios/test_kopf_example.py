@@ -154,3 +154,13 @@ def test_kopf_example_reconciles_a_vm_that_changed_on_vsphere(
     output = log_path.read_text()
     assert proc.returncode == 0, output[-4000:]
     assert 'Traceback' not in output, output[-4000:]
+
+
+def test_kopf_example_bad_settings_stop_it_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith('VMWATCH_')}
+    env.update(KUBECONFIG=str(tmp_path / 'none'), VMWATCH_VC_URL='https://vc.example.com/sdk', VMWATCH_MAX_WAIT_S='x')
+    proc = subprocess.run([sys.executable, '-m', 'kopf', 'run', '--standalone', '-A', str(EXAMPLE)], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("vmwatch: VMWATCH_MAX_WAIT_S / --max-wait-s: 'x' is not a valid")
+    assert 'Traceback' not in proc.stderr
