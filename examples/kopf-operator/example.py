@@ -49,7 +49,7 @@ def reconcile(api: client.ApiClient, namespace: str, name: str, *, signals: Sequ
         annotations[LAST_VSPHERE_CHANGE] = json.dumps({
             'at': now,
             'reasons': sorted({s.reason for s in signals}),  # 'changed', 'entered', ...
-            'changed': sorted({path for s in signals for path in s.changed}),  # e.g. runtime.powerState
+            'changed': sorted({path for s in signals for path in s.changed}),  # e.g. summary.runtime.powerState
         })  # fmt: skip
     objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
                                            {'metadata': {'annotations': annotations}},
