@@ -4,7 +4,10 @@ vmwatch.Service's queue drive one reconcile, and a vSphere change reaches it for
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +23,7 @@ from kubernetes import client
 from probes import http_get, run_env_vars, wait_until
 
 from vmwatch.devenv import KubeServer, VcsimServer, free_port
+from vmwatch.queue import WorkQueue
 from vmwatch.vsphere import Endpoint, MoRef, Session
 from vmwatch.vsphere import inventory as inv
 
@@ -165,3 +170,38 @@ def test_kopf_example_bad_settings_stop_it_with_one_line(tmp_path: Path) -> None
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("vmwatch: VMWATCH_MAX_WAIT_S / --max-wait-s: 'x' is not a valid")
     assert 'Traceback' not in proc.stderr
+
+
+def _load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location('kopf_operator_example', EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.anyio
+async def test_kopf_example_drain_retries_a_failed_reconcile_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = _load_example()
+    calls: list[tuple[str, str]] = []
+
+    def reconcile(api: object, namespace: str, name: str, *, signals: object = ()) -> None:
+        calls.append((namespace, name))
+        if len(calls) == 1:
+            raise RuntimeError('the API server said no')
+
+    monkeypatch.setattr(example, 'reconcile', reconcile)
+    queue = WorkQueue()
+    service = SimpleNamespace(queue=queue, signals=lambda key: [])
+    drain = asyncio.create_task(example.drain(service, None, logging.getLogger('test')))
+    try:
+        queue.add(('ns', 'vm-a'))
+        async with asyncio.timeout(10):
+            while len(calls) < 2 or queue.in_flight:  # retried after the rate limiter's delay, then done
+                await asyncio.sleep(0.01)
+        assert calls == [('ns', 'vm-a'), ('ns', 'vm-a')]
+        assert queue.num_requeues(('ns', 'vm-a')) == 0  # the success forgot the failure
+        assert queue.metrics.retries == 1
+    finally:
+        drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
