@@ -36,14 +36,14 @@ servers: $(STAMP) ## Build (once) the pinned test servers: vcsim, etcd, kube-api
 
 .PHONY: format
 format: $(STAMP) ## Format Python and Rust
-	$(BIN)/ruff check --fix python tests benches
-	$(BIN)/ruff format python tests benches
+	$(BIN)/ruff check --fix python tests benches examples
+	$(BIN)/ruff format python tests benches examples
 	cargo fmt
 
 .PHONY: lint-python
 lint-python: $(STAMP) ## ruff
-	$(BIN)/ruff check python tests benches
-	$(BIN)/ruff format --check python tests benches
+	$(BIN)/ruff check python tests benches examples
+	$(BIN)/ruff format --check python tests benches examples
 
 .PHONY: lint-rust
 lint-rust: ## cargo fmt --check and clippy
@@ -53,6 +53,7 @@ lint-rust: ## cargo fmt --check and clippy
 .PHONY: mypy
 mypy: $(STAMP) ## mypy --strict on python/, and the extension's stub checked against the build
 	$(BIN)/mypy python/vmwatch
+	$(BIN)/mypy --strict examples/kopf-operator/example.py
 	$(BIN)/python -m mypy.stubtest vmwatch._vmwatch
 
 .PHONY: lint-docker
