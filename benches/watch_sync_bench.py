@@ -1,0 +1,178 @@
+# SPDX-License-Identifier: Apache-2.0
+"""`vmwatch watch` from exec to the initial sync, as a user runs it (issue 13's headline figure).
+
+vcsim with N VMs (4 clusters), every VM named "bench/<vm>" in its extraConfig (vmservice.namespacedName), so
+without Kubernetes each VM is one unverified `enter` signal of the initial sync. For each run a fresh
+`vmwatch watch --container <vm folder>` process (the console script's code path, interpreter start included)
+prints its JSON lines into a pipe; the parent counts them and, at the N-th, samples the child's CPU
+(utime + stime from /proc/<pid>/stat, all threads) and peak RSS (VmHWM), then stops it. Medians of `--runs`.
+
+    python benches/watch_sync_bench.py [--vms 1000 10000] [--runs 3] [--out benches/results]
+    python benches/watch_sync_bench.py --profile 10000    # py-spy top-down profile of one run (needs py-spy)
+
+Writes benches/results/watch-sync-<date>.json (and watch-sync-<date>-profile.txt with --profile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import selectors
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import write_result
+from pipeline_bench import machine, versions
+from vcsim_bench import NS, cpu_s, inventory, name_unverified, start_vcsim
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = 'import sys; from vmwatch.cli import main; sys.exit(main(sys.argv[1:]))'
+
+
+def peak_rss_bytes(pid: int) -> int:
+    with open(f'/proc/{pid}/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def watch_args(vc: Any, folder: str) -> list[str]:
+    return ['watch', '--server', vc.url, '--user', vc.user, '--password-file', str(vc.password_file),
+            '--ca-file', str(vc.ca_file), '--container', folder]  # fmt: skip
+
+
+def run_once(
+    vc: Any, folder: str, vms: int, timeout_s: float = 600.0, prefix: list[str] | None = None
+) -> dict[str, Any]:
+    """One fresh `vmwatch watch` process up to its `vms`-th signal line."""
+    t0 = time.perf_counter()
+    cmd = [*(prefix or []), sys.executable, '-c', LAUNCH, *watch_args(vc, folder)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None
+    pid = proc.pid
+    lines, buf = 0, b''
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    cpu = rss = 0.0
+    try:
+        while lines < vms:
+            if time.perf_counter() - t0 > timeout_s or proc.poll() is not None:
+                err = proc.stderr.read().decode(errors='replace')[-2000:] if proc.stderr else ''
+                raise RuntimeError(f'vmwatch watch gave {lines} of {vms} signals: {err}')
+            if not sel.select(timeout=1.0):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 1 << 20)
+            buf += chunk
+            lines += chunk.count(b'\n')
+        wall = time.perf_counter() - t0
+        if prefix is None:  # under py-spy the child is py-spy itself
+            cpu, rss = cpu_s(pid), peak_rss_bytes(pid)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return {'seconds': wall, 'cpu_s': cpu, 'peak_rss_bytes': rss, 'signals': lines}
+
+
+def bench(vms: int, runs: int, tmp: Path) -> dict[str, Any]:
+    vc = start_vcsim(vms, tmp / f'vcsim-{vms}')
+    try:
+        folder, listed = inventory(vc)
+        t = time.perf_counter()
+        name_unverified(vc, NS, listed, 1)
+        prepare_s = time.perf_counter() - t
+        run_once(vc, folder, len(listed))  # warm vcsim's own caches once; not counted
+        samples = [run_once(vc, folder, len(listed)) for _ in range(runs)]
+    finally:
+        vc.stop()
+    med = {k: statistics.median(s[k] for s in samples) for k in ('seconds', 'cpu_s', 'peak_rss_bytes')}
+    return {
+        'vms': len(listed),
+        'median_seconds': round(med['seconds'], 3),
+        'median_cpu_s': round(med['cpu_s'], 3),
+        'median_peak_rss_mib': round(med['peak_rss_bytes'] / 2**20, 1),
+        'prepare_s': round(prepare_s, 1),
+        'samples': samples,
+    }
+
+
+def profile(vms: int, tmp: Path, out: Path) -> Path:
+    """py-spy (sampling, native frames off) over one run; the top lines by own and total time."""
+    spy = shutil.which('py-spy') or str(Path(sys.executable).with_name('py-spy'))
+    vc = start_vcsim(vms, tmp / f'vcsim-{vms}')
+    try:
+        folder, listed = inventory(vc)
+        name_unverified(vc, NS, listed, 1)
+        run_once(vc, folder, len(listed))
+        raw = tmp / 'profile.txt'
+        run_once(vc, folder, len(listed), prefix=[spy, 'record', '--format', 'raw', '-r', '250', '-o', str(raw), '--'])
+        time.sleep(1.0)  # py-spy writes its file when the child exits
+    finally:
+        vc.stop()
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    n = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(' ')
+        c = int(count)
+        n += c
+        frames = stack.split(';')
+        own[frames[-1]] = own.get(frames[-1], 0) + c
+        for f in set(frames):
+            total[f] = total.get(f, 0) + c
+    lines = [f'py-spy record -r 250, {n} samples, vmwatch watch to the initial sync of {len(listed)} VMs', '',
+             'own %   frame']  # fmt: skip
+    lines += [f'{100 * c / n:5.1f}   {f}' for f, c in sorted(own.items(), key=lambda x: -x[1])[:25]]
+    lines += ['', 'total % frame']
+    lines += [f'{100 * c / n:5.1f}   {f}' for f, c in sorted(total.items(), key=lambda x: -x[1])[:40]]
+    out.write_text('\n'.join(lines) + '\n')
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--vms', type=int, nargs='*', default=[1000, 10_000])
+    p.add_argument('--runs', type=int, default=3)
+    p.add_argument('--out', type=Path, default=ROOT / 'benches' / 'results')
+    p.add_argument('--label', default='', help='suffix of the result file, e.g. "before"')
+    p.add_argument('--profile', type=int, metavar='VMS', help='profile one run with py-spy instead')
+    opts = p.parse_args(argv)
+    date = dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')
+    stem = f'watch-sync-{date}{"-" + opts.label if opts.label else ""}'
+    opts.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if opts.profile:
+            print(profile(opts.profile, Path(tmp), opts.out / f'{stem}-profile.txt').read_text())
+            return 0
+        rows = {}
+        for n in opts.vms:
+            rows[str(n)] = bench(n, opts.runs, Path(tmp))
+            print(f'{n:>6} VMs: { ({k: v for k, v in rows[str(n)].items() if k != "samples"}) }', file=sys.stderr)
+    result = {
+        'date': date,
+        'machine': machine(),
+        'versions': versions(),
+        'runs': opts.runs,
+        'rows': rows,
+        'summary': {n: {k: v for k, v in r.items() if k != 'samples'} for n, r in rows.items()},
+    }
+    write_result(opts.out, stem, result)
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
