@@ -7,7 +7,11 @@ import subprocess
 import tarfile
 from pathlib import Path, PurePosixPath
 
+import pytest
 from dist_artifacts import ROOT, Artifacts, tool_env
+
+# the first test to ask for the artifacts builds them: a release build from nothing takes 1-3 min here
+pytestmark = pytest.mark.timeout(900)
 
 NEEDED = {'Cargo.toml', 'Cargo.lock', 'pyproject.toml', 'README.md', 'rust/lib.rs', 'python/vmwatch/__init__.py'}
 IMAGES = {'.png', '.jpg', '.jpeg', '.gif', '.svg', '.webp'}

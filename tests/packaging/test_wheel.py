@@ -29,6 +29,8 @@ LOCK = ROOT / 'requirements' / 'runtime.lock'
 NEWEST_GLIBC = (2, 28)
 ARCHES = {'x86_64', 'aarch64'}
 CARGO_VERSION = tomllib.loads((ROOT / 'Cargo.toml').read_text())['package']['version']
+# the first test to ask for the artifacts builds them: a release build from nothing takes 1-3 min here
+pytestmark = pytest.mark.timeout(900)
 
 
 def _manylinux(platform_tag: str) -> tuple[tuple[int, int], str]:
@@ -64,7 +66,8 @@ def test_auditwheel_finds_no_library_outside_the_policy(artifacts: Artifacts) ->
                               capture_output=True, text=True, timeout=120)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
-        assert report['external_libs'] == {}, f'{wheel.name} needs libraries outside manylinux: {report}'
+        external = sorted(report['external_libs'])
+        assert not external, f'{wheel.name} needs libraries outside the manylinux policy: {external}'
         assert not report['pure'] and not report['unsupported_isa']
         ((_, _, _, (tag,))) = parse_wheel_filename(wheel.name)
         assert report['overall_tag'] == tag.platform, f'auditwheel says {report["overall_tag"]} for {wheel.name}'
@@ -146,7 +149,6 @@ def _install_as_the_image(wheel: Path, venv: Path) -> Path:
     return bindir
 
 
-@pytest.mark.timeout(600)
 @pytest.mark.parametrize('install', [_install_from_pypi, _install_as_the_image], ids=['pypi', 'image'])
 def test_wheel_installs_into_a_clean_venv_and_runs(
     artifacts: Artifacts, install: Callable[[Path, Path], Path], tmp_path: Path
