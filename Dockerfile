@@ -6,14 +6,15 @@
 # deploy/base/deployment.yaml runs it with `args: [run]`, a read-only root filesystem and runAsUser 10001.
 #
 # Reproducible inputs: both base images are pinned by the digest of their multi-platform index (the tag
-# says what it is, the digest what is pulled: amd64 and arm64 alike), the builder's maturin and every
-# runtime dependency come from hash-pinned locks (requirements/*.lock, `make lock`), and cargo builds
-# with --locked. Digests as published for these tags: python:3.11-slim-bookworm (Python 3.11.16,
-# 2026-08-25) by the official images' repo-info record; rust:1.95-slim-bookworm (Rust 1.95.0,
-# 2026-05-08) by that record's copy (the official one drops a tag's page once the tag retires).
-# To move to newer bases: `docker buildx imagetools inspect python:3.11-slim-bookworm` and replace.
+# says what it is, the digest what is pulled, amd64 and arm64 alike); maturin, zig and every runtime
+# dependency come from hash-pinned locks (requirements/*.lock, `make lock`); cargo builds with --locked.
+# The wheel is the one `make wheels` builds for the build's architecture (abi3, manylinux_2_28).
+# Where the digests come from: python:3.11-slim-bookworm (Python 3.11.16, built 2026-08-25) as the official
+# images' repo-info record publishes it; rust:1.95-slim-bookworm (Rust 1.95.0, built 2026-05-08) from a
+# copy of that record (the official one drops a tag's page once the tag retires), the same digest other
+# public Dockerfiles pin. To move on: `docker buildx imagetools inspect IMAGE:TAG`, replace, rebuild.
 
-# ---- builder: Rust + maturin -> one abi3 wheel in /wheels ----------------------------------------------
+# ---- builder: Rust + maturin + zig -> the abi3 manylinux_2_28 wheel in /wheels, as `make wheels` builds it
 FROM rust:1.95-slim-bookworm@sha256:b8ecdb97c5b9c1ae058249f72710dbe33d4da19f7b8d911bd3c72e5f048af251 AS builder
 
 # bookworm's python3 is 3.11: the interpreter maturin builds the abi3-py311 extension against. apt takes
@@ -34,7 +35,7 @@ COPY Cargo.toml Cargo.lock pyproject.toml README.md ./
 COPY rust/ rust/
 COPY benches/decode.rs benches/decode.rs
 COPY python/ python/
-RUN maturin build --release --locked --interpreter python3 --out /wheels
+RUN maturin build --release --locked --zig --compatibility manylinux_2_28 --interpreter python3 --out /wheels
 
 # ---- runtime: Python 3.11 slim (bookworm, as the builder), non-root -----------------------------------
 FROM python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b AS runtime

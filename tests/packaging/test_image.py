@@ -12,7 +12,7 @@ import tomllib
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
-from dist_artifacts import ROOT
+from dist_artifacts import MANYLINUX, ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -97,3 +97,18 @@ def test_dockerfile_installs_python_packages_only_from_the_locks() -> None:
             assert '--no-deps' in args and args[-1].endswith('.whl'), f'pip installs by name: {cmd}'
     runtime = text[text.index(copies['requirements/runtime.lock']) :]
     assert f'-r {copies["requirements/runtime.lock"]}' in runtime and '&& pip check' in runtime
+
+
+def test_image_and_tests_build_the_wheel_as_make_wheels_does() -> None:
+    makefile = (ROOT / 'Makefile').read_text()
+    manylinux = re.search(r'^MANYLINUX \?= (\S+)$', makefile, re.M)
+    recipe = re.search(r'maturin build (.+?) --target', makefile)
+    assert manylinux and recipe and manylinux[1] == MANYLINUX
+    flags = set(recipe[1].replace('$(MANYLINUX)', manylinux[1]).split())
+    assert {'--release', '--locked', '--zig', '--compatibility', MANYLINUX} <= flags
+    (image_build,) = re.findall(r'^RUN maturin build (.+)$', DOCKERFILE.read_text(), re.M)
+    assert flags <= set(image_build.split()), image_build
+    # the builder's zig is the one the tests build with (pyproject's test extra)
+    test_extra = [Requirement(r) for r in PYPROJECT['project']['optional-dependencies']['test']]
+    (zig,) = [r for r in test_extra if r.name == 'ziglang']
+    assert zig.specifier.contains(_lock(BUILD_LOCK)['ziglang'][0])
