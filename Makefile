@@ -111,7 +111,7 @@ wheels: $(STAMP) ## abi3 manylinux_2_28 wheels for x86_64 and aarch64 (maturin +
 	@for target in $(WHEEL_TARGETS); do \
 	  if ! rustup target list --installed | grep -qx "$$target"; then \
 	    echo "== rustup target add $$target"; \
-	    rustup target add "$$target" || { echo "make wheels: the Rust standard library for $$target is not installed and rustup could not fetch it; build the others with WHEEL_TARGETS='...'" >&2; exit 1; }; \
+	    rustup target add "$$target" || { echo "make wheels: the Rust standard library for $$target is not installed and rustup could not fetch it (to build the others: make wheels WHEEL_TARGETS=x86_64-unknown-linux-gnu)" >&2; exit 1; }; \
 	  fi; \
 	  echo "== wheel for $$target"; \
 	  $(BIN)/maturin build --release --locked --zig --compatibility $(MANYLINUX) --target "$$target" --out $(DIST) || exit 1; \

@@ -92,7 +92,7 @@ def test_wheel_metadata_carries_the_dependency_bounds(artifacts: Artifacts) -> N
 
 
 def _venv(path: Path) -> Path:
-    python = shutil.which('python3.11')
+    python = shutil.which('python3.11', path=_clean_env()['PATH'])
     assert python, 'python3.11 is not on PATH'
     subprocess.run([python, '-m', 'venv', str(path)], check=True, timeout=120, env=_clean_env())
     return path / 'bin'
