@@ -69,7 +69,7 @@ def test_auditwheel_finds_no_library_outside_the_policy(artifacts: Artifacts) ->
         external = sorted(report['external_libs'])
         assert not external, f'{wheel.name} needs libraries outside the manylinux policy: {external}'
         assert not report['pure'] and not report['unsupported_isa']
-        ((_, _, _, (tag,))) = parse_wheel_filename(wheel.name)
+        *_, (tag,) = parse_wheel_filename(wheel.name)
         assert report['overall_tag'] == tag.platform, f'auditwheel says {report["overall_tag"]} for {wheel.name}'
         # and straight from the symbols: nothing newer than glibc 2.28 is referenced
         glibc = [
@@ -116,6 +116,7 @@ def _run(args: list[str], cwd: Path) -> str:
 def _check_installed(bindir: Path, cwd: Path) -> None:
     """What a user does first: help, the version, decode a response; the extension comes from the venv."""
     assert 'decode' in _run([str(bindir / 'vmwatch'), '--help'], cwd)
+    # the CLI has no --version flag (yet): the version is the package's and the extension's __version__
     probe = (
         'import json, vmwatch, vmwatch._vmwatch as core;'
         'print(json.dumps([vmwatch.__version__, core.__version__, core.build_info, core.__file__]))'
