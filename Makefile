@@ -96,3 +96,35 @@ demo: build-prod servers ## Build everything and run the demo on a local vcsim +
 
 .PHONY: all
 all: lint test ## Lint and test
+
+# ---- artifacts: wheels, sdist, locks --------------------------------------------------------------------
+# The wheels are abi3 (one per architecture, every CPython >= 3.11) and manylinux_2_28: they link against
+# glibc 2.28 through zig (ziglang from PyPI), so they install on RHEL/UBI 8 and anything newer.
+DIST ?= dist
+WHEEL_TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
+MANYLINUX ?= manylinux_2_28
+PIP_COMPILE := $(BIN)/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-find-links --no-emit-index-url
+
+.PHONY: wheels
+wheels: $(STAMP) ## abi3 manylinux_2_28 wheels for x86_64 and aarch64 (maturin + zig) and the sdist into dist/, then tests/packaging on them
+	rm -f $(DIST)/vmwatch-*
+	@for target in $(WHEEL_TARGETS); do \
+	  if ! rustup target list --installed | grep -qx "$$target"; then \
+	    echo "== rustup target add $$target"; \
+	    rustup target add "$$target" || { echo "make wheels: the Rust standard library for $$target is not installed and rustup could not fetch it (to build the others: make wheels WHEEL_TARGETS=x86_64-unknown-linux-gnu)" >&2; exit 1; }; \
+	  fi; \
+	  echo "== wheel for $$target"; \
+	  $(BIN)/maturin build --release --locked --zig --compatibility $(MANYLINUX) --target "$$target" --out $(DIST) || exit 1; \
+	done
+	$(BIN)/maturin sdist --out $(DIST)
+	@for whl in $(DIST)/vmwatch-*.whl; do $(BIN)/auditwheel show "$$whl" || exit 1; done
+	VMWATCH_DIST=$(abspath $(DIST)) $(BIN)/pytest -p no:cacheprovider -q tests/packaging
+
+.PHONY: lock
+lock: $(STAMP) ## Re-pin requirements/*.lock (exact versions + hashes) from pyproject's dependencies and requirements/build.in
+	$(BIN)/pip install -q 'pip-tools==7.7.0'
+	$(PIP_COMPILE) -o requirements/runtime.lock pyproject.toml
+	$(PIP_COMPILE) -o requirements/build.lock requirements/build.in
+	for f in requirements/runtime.lock requirements/build.lock; do \
+	  grep -q '^# SPDX-License-Identifier' "$$f" || sed -i '1i # SPDX-License-Identifier: Apache-2.0' "$$f"; \
+	done
