@@ -63,6 +63,19 @@ def _run_devenv(args: argparse.Namespace) -> int:
 LOG_LEVELS = ('DEBUG', 'INFO', 'WARNING', 'ERROR')
 
 
+class _Version(argparse.Action):
+    """`--version`: the package's and the core's version and build (the extension loads only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help='print the version and the core build, then exit')
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        from vmwatch import _vmwatch
+
+        print(f'vmwatch {_vmwatch.__version__} ({_vmwatch.build_info})')
+        parser.exit(0)
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line on stderr (exit 2), not the whole usage text."""
 
@@ -78,6 +91,8 @@ def command_of(argv: Sequence[str]) -> str | None:
             next(args, None)
         elif arg.startswith('--log-level='):
             continue
+        elif arg == '--version':
+            return ''  # no subcommand's parser is needed: the action exits while parsing
         elif arg.startswith('-'):
             return None  # -h, --help or a usage error: the whole parser answers
         else:
@@ -99,6 +114,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help='DEBUG, INFO, WARNING or ERROR (default: INFO)',
     )
+    parser.add_argument('--version', action=_Version)
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for command, module_name in _COMMANDS.items():
         if only is not None and command != only:

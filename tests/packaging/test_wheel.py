@@ -116,7 +116,7 @@ def _run(args: list[str], cwd: Path) -> str:
 def _check_installed(bindir: Path, cwd: Path) -> None:
     """What a user does first: help, the version, decode a response; the extension comes from the venv."""
     assert 'decode' in _run([str(bindir / 'vmwatch'), '--help'], cwd)
-    # the CLI has no --version flag (yet): the version is the package's and the extension's __version__
+    assert _run([str(bindir / 'vmwatch'), '--version'], cwd).startswith(f'vmwatch {CARGO_VERSION} (profile=release')
     probe = (
         'import json, vmwatch, vmwatch._vmwatch as core;'
         'print(json.dumps([vmwatch.__version__, core.__version__, core.build_info, core.__file__]))'

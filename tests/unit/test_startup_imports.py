@@ -170,3 +170,13 @@ def test_vsphere_names_resolve_lazily() -> None:
         assert getattr(vsphere, name) is not None
     with pytest.raises(AttributeError, match='no attribute'):
         vsphere.NoSuchThing  # noqa: B018
+
+
+def test_version_names_the_package_and_the_core_build_and_loads_nothing_heavy() -> None:
+    from vmwatch import _vmwatch as core
+
+    code, out, _, loaded = _vmwatch('--version')
+    assert code == 0
+    assert out == f'vmwatch {vmwatch.__version__} ({core.build_info})\n'
+    assert 'profile=' in out
+    assert loaded == set()
