@@ -18,7 +18,7 @@ from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any
 
-from vmwatch.settings import ServiceSettings
+from vmwatch.settings import DEPRECATED_BY, ServiceSettings, env_name, flag_name, format_duration
 
 __all__ = ['DEPLOYMENT_VALUES', 'HELP_COLUMNS', 'configmap_yaml', 'configuration_markdown', 'main', 'run_help']
 
@@ -41,6 +41,28 @@ ConfigMap (`deploy/base/configmap.yaml`, generated from this table); change them
 
 | Flag | Environment variable | Default | Unit | Description |
 |------|----------------------|---------|------|-------------|
+"""
+
+_LISTS = """
+## Watched property paths and ignored extraConfig keys
+
+`--watched-paths` and `--ignored-extra-config-keys` replace the defaults below; the `-add` and `-remove`
+forms edit them (applied to the replacement when both are given), e.g.
+`VMWATCH_IGNORED_EXTRA_CONFIG_KEYS_ADD=guestinfo.metrics.lastSeen` or
+`--watched-paths-remove=summary.overallStatus`. Removing an entry that is not in the list, or leaving no
+watched path, is a settings error (exit 2). Paths are plain property paths: vCenter cannot filter on
+indexed ones such as `guest.ipStack[0]`. Keys match exactly and case-sensitively.
+"""
+
+_DEPRECATED = """
+## Former names
+
+Renamed to controller-runtime's names in {issue}. The former flags and variables still work, are not shown
+in `--help`, and each one given logs a deprecation warning naming its replacement. The new name wins when
+both are set.
+
+| Former flag | Former variable | Use | Variable |
+|-------------|-----------------|-----|----------|
 """
 
 _FOOTER = """
@@ -67,6 +89,8 @@ def _cell(text: str) -> str:
 
 
 def _default(f: Field[Any]) -> str:
+    if f.metadata['shown']:
+        return str(f.metadata['shown'])
     value = f.default if f.default is not MISSING else None
     if value is None or value == '' or value == ():
         return ''
@@ -74,6 +98,8 @@ def _default(f: Field[Any]) -> str:
         value = ','.join(value)
     if isinstance(value, bool):
         value = str(value).lower()
+    if f.metadata['unit'] == 's' and isinstance(value, float):
+        value = format_duration(value)
     return f'`{value}`'
 
 
@@ -85,10 +111,32 @@ def configuration_markdown() -> str:
         help_text = str(meta['help'])
         if meta['choices']:
             help_text += ' (one of: ' + ', '.join(f'`{c}`' for c in meta['choices']) + ')'
-        flag = '--' + f.name.replace('_', '-')
-        env = 'VMWATCH_' + f.name.upper()
+        flag, env = flag_name(f.name), env_name(f.name)
         rows.append(f'| `{flag}` | `{env}` | {_default(f)} | {meta["unit"]} | {_cell(help_text)} |\n')
-    return _HEADER + ''.join(rows) + _FOOTER
+    return _HEADER + ''.join(rows) + _lists_markdown() + _deprecated_markdown() + _FOOTER
+
+
+def _lists_markdown() -> str:
+    """The default watched paths and ignored keys, and how to edit them."""
+    from vmwatch.settings import DEFAULT_IGNORED_EXTRA_CONFIG_KEYS, DEFAULT_WATCHED_PATHS
+
+    return (
+        _LISTS
+        + f'\nDefault watched property paths ({len(DEFAULT_WATCHED_PATHS)}, spec 2.1):\n\n'
+        + ''.join(f'- `{p}`\n' for p in DEFAULT_WATCHED_PATHS)
+        + f'\nDefault ignored extraConfig keys ({len(DEFAULT_IGNORED_EXTRA_CONFIG_KEYS)}, spec 2.2):\n\n'
+        + ''.join(f'- `{k}`\n' for k in DEFAULT_IGNORED_EXTRA_CONFIG_KEYS)
+    )
+
+
+def _deprecated_markdown() -> str:
+    """The former names of renamed settings: still read, hidden from --help, each logged once as deprecated."""
+    rows = [
+        f'| `--{old}` | `VMWATCH_{old.upper().replace("-", "_")}` | `{flag_name(f.name)}` | `{env_name(f.name)}` |\n'
+        for f in fields(ServiceSettings)
+        for old in f.metadata['aliases']
+    ]
+    return _DEPRECATED.format(issue=DEPRECATED_BY) + ''.join(rows)
 
 
 DEPLOYMENT_VALUES: dict[str, str] = {
@@ -141,13 +189,15 @@ def configmap_yaml() -> str:
             help_text += f' [{meta["unit"]}]'
         if meta['choices']:
             help_text += ' (one of: ' + ', '.join(meta['choices']) + ')'
-        default = _env_value(f.default if f.default is not MISSING else None)
+        default = '' if meta['shown'] else _env_value(f.default if f.default is not MISSING else None)
+        if meta['unit'] == 's' and isinstance(f.default, float):
+            default = format_duration(f.default)
         value = DEPLOYMENT_VALUES.get(f.name, default)
         if f.name in DEPLOYMENT_VALUES:
             help_text += f'; default: {default!r}' if default else '; no default'
         if f.name == 'lease_namespace':
             help_text += ' (the Deployment sets it to its own namespace)'
-        lines.append(f'  # {help_text}\n  VMWATCH_{f.name.upper()}: {_yaml_str(value)}\n')
+        lines.append(f'  # {help_text}\n  {env_name(f.name)}: {_yaml_str(value)}\n')
     lines.append("  # the feature switch of vm-operator's async signal: false keeps vmwatch up but idle\n")
     lines.append("  ASYNC_SIGNAL_ENABLED: 'true'\n")
     return ''.join(lines)

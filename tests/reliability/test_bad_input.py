@@ -170,10 +170,17 @@ def test_c2_no_traceback_for_bad_input(
     busy.listen()
     port_in_use = busy.getsockname()[1]
     cases: list[tuple[list[str], dict[str, str], str]] = [
-        (['run', '--health-addr', '127.0.0.1:notaport'], real, '--health-addr'),
-        (['run', '--health-addr', '127.0.0.1:70000'], real, '--health-addr'),
-        (['run', '--health-addr', 'no-such-host.invalid:8081'], real, '--health-addr'),
-        (['run', '--health-addr', f'127.0.0.1:{port_in_use}'], real, '--health-addr'),
+        (['run', '--health-probe-bind-address', '127.0.0.1:notaport'], real, '--health-probe-bind-address'),
+        (['run', '--health-probe-bind-address', '127.0.0.1:70000'], real, '--health-probe-bind-address'),
+        (['run', '--health-probe-bind-address', 'no-such-host.invalid:8081'], real, '--health-probe-bind-address'),
+        (['run', '--health-probe-bind-address', f'127.0.0.1:{port_in_use}'], real, '--health-probe-bind-address'),
+        (['run', '--metrics-bind-address', '127.0.0.1:notaport'], real, '--metrics-bind-address'),
+        (
+            ['run', '--health-probe-bind-address', '127.0.0.1:0', '--metrics-bind-address', f'127.0.0.1:{port_in_use}'],
+            real,
+            '--metrics-bind-address',
+        ),  # fmt: skip
+        (['run', '--watched-paths-remove', 'guest.net'], real, '--watched-paths-remove'),
         (['--log-level', 'bogus', 'decode', 'x'], {}, '--log-level'),
         (['run', '--log-level', 'bogus'], real, '--log-level'),
         (['run', '--vc-ca-file', str(tmp_path / 'missing.pem')], real, '--vc-ca-file'),
@@ -197,7 +204,8 @@ def test_c2_no_traceback_for_bad_input(
         busy.close()
     recorder.record(
         'C2',
-        did=f'{len(cases)} kinds of bad input through the real CLI (a bad or busy --health-addr, --log-level bogus, '
+        did=f'{len(cases)} kinds of bad input through the real CLI (a bad or busy probe or metrics address, '
+        'a removal of a path not watched, --log-level bogus, '
         'a missing or garbage CA file, NaN and garbage numbers, a bad thumbprint or annotation, unknown '
         'commands): each exits 2 with one line on stderr naming the flag, no traceback',
         lost=0,

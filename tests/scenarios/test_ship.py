@@ -256,10 +256,11 @@ def test_run_under_the_service_account_annotates_a_named_vm(
         'VMWATCH_LEASE_NAMESPACE': NAMESPACE,
         'VMWATCH_SINK': 'annotate',
         'VMWATCH_MAX_WAIT_S': '5',
-        'VMWATCH_LEASE_DURATION_S': '3',
-        'VMWATCH_RENEW_DEADLINE_S': '2',
-        'VMWATCH_RETRY_PERIOD_S': '0.25',
-        'VMWATCH_HEALTH_ADDR': f'127.0.0.1:{port}',
+        'VMWATCH_LEADER_ELECT_LEASE_DURATION': '3s',
+        'VMWATCH_LEADER_ELECT_RENEW_DEADLINE': '2s',
+        'VMWATCH_LEADER_ELECT_RETRY_PERIOD': '250ms',
+        'VMWATCH_HEALTH_PROBE_BIND_ADDRESS': f'127.0.0.1:{port}',
+        'VMWATCH_METRICS_BIND_ADDRESS': '0',
     }
     env.pop('KUBECONFIG', None)
     err_path = tmp_path / 'run.err'

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from vmwatch import docs_gen
-from vmwatch.settings import ServiceSettings, SettingsError, async_signal_disabled, load_service_settings
+from vmwatch.settings import ServiceSettings, SettingsError, async_signal_disabled, env_name, load_service_settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / 'deploy'
 BASE = DEPLOY / 'base'
@@ -45,7 +45,7 @@ def test_configmap_is_generated_from_the_settings() -> None:
 
 def test_configmap_has_a_key_for_every_setting_and_the_feature_switch() -> None:
     data = _configmap()['data']
-    expected = {f'VMWATCH_{f.name.upper()}' for f in fields(ServiceSettings)} | {'ASYNC_SIGNAL_ENABLED'}
+    expected = {env_name(f.name) for f in fields(ServiceSettings)} | {'ASYNC_SIGNAL_ENABLED'}
     assert set(data) == expected
     assert all(isinstance(v, str) for v in data.values())  # ConfigMap data must be strings
 
@@ -54,7 +54,7 @@ def test_configmap_values_read_back_as_the_defaults_except_the_deployment_values
     data = _configmap()['data']
     settings = load_service_settings(NO_FLAGS, environ=data)
     overridden = load_service_settings(NO_FLAGS, environ={
-        f'VMWATCH_{name.upper()}': value for name, value in docs_gen.DEPLOYMENT_VALUES.items()
+        env_name(name): value for name, value in docs_gen.DEPLOYMENT_VALUES.items()
     })  # fmt: skip
     assert settings == overridden
     assert replace(settings, **{name: getattr(ServiceSettings(), name) for name in docs_gen.DEPLOYMENT_VALUES}) == (
@@ -73,7 +73,7 @@ def test_deployment_reads_every_setting_from_the_configmap() -> None:
     mounts = {m['mountPath'] for m in container['volumeMounts']}
     for name in ('vc_user_file', 'vc_password_file', 'vc_ca_file'):
         assert str(Path(docs_gen.DEPLOYMENT_VALUES[name]).parent) in mounts
-    port = int(_configmap()['data']['VMWATCH_HEALTH_ADDR'].rsplit(':', 1)[1])
+    port = int(_configmap()['data']['VMWATCH_HEALTH_PROBE_BIND_ADDRESS'].rsplit(':', 1)[1])
     assert [p['containerPort'] for p in container['ports']] == [port]
 
 
@@ -148,7 +148,7 @@ def test_dockerfile_copies_what_exists_and_matches_the_deployment() -> None:
     pod = _deployment()['spec']['template']['spec']
     user = re.search(r'^USER (\d+):(\d+)$', text, re.M)
     assert user and int(user.group(1)) == pod['securityContext']['runAsUser']
-    port = int(_configmap()['data']['VMWATCH_HEALTH_ADDR'].rsplit(':', 1)[1])
+    port = int(_configmap()['data']['VMWATCH_HEALTH_PROBE_BIND_ADDRESS'].rsplit(':', 1)[1])
     assert re.search(rf'^EXPOSE {port}$', text, re.M)
     (container,) = pod['containers']
     assert re.search(r'^ENTRYPOINT \["vmwatch"\]$', text, re.M) and container['args'] == ['run']
