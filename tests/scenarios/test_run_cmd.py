@@ -264,3 +264,30 @@ def test_former_flag_and_variable_names_still_work_and_each_warns_once(run_env: 
     assert any('--health-addr is deprecated (issue 14): use --health-probe-bind-address' in w for w in warnings)
     assert any('VMWATCH_LEASE_DURATION_S is deprecated (issue 14): use VMWATCH_LEADER_ELECT_LEASE_DURATION' in w
                for w in warnings)  # fmt: skip
+
+
+def _series_sum(p: RunProcess, prefix: str) -> float:
+    """The sum of every sample of the series named `prefix` (all labels) on p's /metrics."""
+    _code, text = http_get(f'{p.metrics_base}/metrics')
+    return sum(float(ln.rsplit(' ', 1)[1]) for ln in text.splitlines() if ln.startswith(prefix + '{'))
+
+
+def test_an_added_ignored_key_reaches_the_decider(run_env: Any) -> None:
+    """VMWATCH_IGNORED_EXTRA_CONFIG_KEYS_ADD (and a watched path removed) as a user sets them: a change of only the
+    added key signals nothing, a change of a kept key next to it still does."""
+    ns = run_env.namespace
+    p = run_env.start('a', VMWATCH_IGNORED_EXTRA_CONFIG_KEYS_ADD='vmwatch.test.noise',
+                      VMWATCH_WATCHED_PATHS_REMOVE='summary.overallStatus')  # fmt: skip
+    wait_until(lambda: http_get(f'{p.base}/readyz') == (200, 'watching\n'), 'watching')
+    run_env.named_vm('vm-a')
+    run_env.vm_change(0, {'vmservice.namespacedName': f'{ns}/vm-a', 'vmwatch.test.noise': '1'})
+    wait_until(lambda: any(line['name'] == 'vm-a' for line in p.lines()), 'a JSON line for vm-a')
+    vm = inv.vms_under(run_env.session, inv.vm_folder(run_env.session))[0][0]
+    signals = _series_sum(p, 'vmwatch_signals_total')
+    skipped = _series_sum(p, 'vmwatch_skipped_total')
+    inv.set_extra_config(run_env.session, vm, {'vmwatch.test.noise': '2'})
+    wait_until(lambda: _series_sum(p, 'vmwatch_skipped_total') > skipped, 'the noise change decided (skipped)')
+    assert _series_sum(p, 'vmwatch_signals_total') == signals
+    inv.set_extra_config(run_env.session, vm, {'guestinfo.userdata': 'e30='})
+    wait_until(lambda: _series_sum(p, 'vmwatch_signals_total') > signals, 'the kept key signals')
+    assert p.stop() == 0
