@@ -702,7 +702,7 @@ def load_service_settings(args: argparse.Namespace, environ: Mapping[str, str] |
     """Flags over VMWATCH_* environment variables over defaults; SettingsError on a bad value. A former name of a
     renamed setting counts below its new name (`deprecated_names` says which were given).
 
-    An empty environment variable counts as unset, so deploy/base/configmap.yaml can list every setting."""
+    An empty environment variable counts as unset, so deploy/base/settings.env can list every setting."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(ServiceSettings):

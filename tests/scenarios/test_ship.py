@@ -28,6 +28,7 @@ from kubernetes import client
 from kubernetes import config as kconfig
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
+from kustomize_lite import build
 from probes import http_get, wait_until
 
 from vmwatch.devenv import KubeServer, VcsimServer, free_port
@@ -45,12 +46,9 @@ FIELD_MANAGER = 'vmwatch-test'
 
 
 def base_manifests() -> list[dict[str, Any]]:
-    """Every object of the kustomize base, in kustomization.yaml's order (so the file list is checked too)."""
-    kustomization = yaml.safe_load((BASE / 'kustomization.yaml').read_text())
-    docs: list[dict[str, Any]] = []
-    for name in kustomization['resources']:
-        docs.extend(d for d in yaml.safe_load_all((BASE / name).read_text()) if d)
-    return docs
+    """Every object `kustomize build deploy/base` makes (kustomize_lite: the resources in kustomization.yaml's
+    order, then the generated ConfigMap, with the image tag set)."""
+    return build(BASE)
 
 
 def apply(dyn: DynamicClient, manifest: dict[str, Any], *, dry_run: bool) -> Any:
@@ -159,11 +157,14 @@ def _status(call: Callable[[], Any]) -> int:
 def test_every_manifest_passes_server_side_dry_run(rbac_cluster: RbacCluster) -> None:
     kinds = {kind for kind, _ in rbac_cluster.dry_run_results}
     assert {'Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding', 'ConfigMap',
-            'Deployment', 'CustomResourceDefinition'} <= kinds  # fmt: skip
+            'Deployment', 'PodDisruptionBudget', 'Service', 'CustomResourceDefinition'} <= kinds  # fmt: skip
     # dry-run persisted nothing: the Deployment and the ConfigMap were never created for real
     apps: Any = client.AppsV1Api(rbac_cluster.admin)
     assert _status(lambda: apps.read_namespaced_deployment('vmwatch', NAMESPACE)) == 404
-    assert _status(lambda: client.CoreV1Api(rbac_cluster.admin).read_namespaced_config_map('vmwatch', NAMESPACE)) == 404
+    (configmap,) = [name for kind, name in rbac_cluster.dry_run_results if kind == 'ConfigMap']
+    assert configmap.startswith('vmwatch-')  # the generator's name, with its content hash
+    core: Any = client.CoreV1Api(rbac_cluster.admin)
+    assert _status(lambda: core.read_namespaced_config_map(configmap, NAMESPACE)) == 404
 
 
 @pytest.mark.servers

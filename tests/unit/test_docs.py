@@ -46,7 +46,7 @@ def test_docs_gen_check_mode(tmp_path: Path) -> None:
     assert docs_gen.main([*args, '--check']) == 1
     assert docs_gen.main(args) == 0
     assert docs_gen.main([*args, '--check']) == 0
-    assert (tmp_path / 'deploy' / 'configmap.yaml').read_text() == docs_gen.configmap_yaml()
+    assert (tmp_path / 'deploy' / 'settings.env').read_text() == docs_gen.settings_env()
 
 
 _SUFFIXES = {'counter': ('_total',), 'histogram': ('_bucket', '_sum', '_count'), 'gauge': ('',)}
