@@ -60,7 +60,9 @@ _DEPRECATED = """
 
 Renamed to controller-runtime's names in {issue}. The former flags and variables still work, are not shown
 in `--help`, and each one given logs a deprecation warning naming its replacement. The new name wins when
-both are set.
+both are set. `vmwatch watch` speaks the same `--vc-url`, `--vc-user`, `--vc-password-file`, `--vc-ca-file`,
+`--vc-thumbprint` and `--vc-insecure`; its former `--server`, `--user`, `--password-file`, `--ca-file`,
+`--thumbprint` and `--insecure` are kept the same way.
 
 | Former flag | Former variable | Use | Variable |
 |-------------|-----------------|-----|----------|
@@ -91,7 +93,7 @@ def _cell(text: str) -> str:
 
 def _default(f: Field[Any]) -> str:
     if f.metadata['shown']:
-        return str(f.metadata['shown'])
+        return str(f.metadata['shown']).replace('(docs/configuration.md)', '(below)')
     value = f.default if f.default is not MISSING else None
     if value is None or value == '' or value == ():
         return ''

@@ -250,8 +250,8 @@ class ServiceSettings:
     annotation: str = _opt('vmwatch.dev/async-signal', 'annotation the annotate sink patches on the VirtualMachine')
     workers: int = _opt(4, 'concurrent sink workers', unit='workers')
     metrics_bind_address: str = _opt(
-        ':8080', 'listen address of /metrics (host:port); 0 turns the metrics listener off; the address of the '
-        'health probes serves both on one port'
+        ':8080', "listen address of /metrics (host:port); 0 turns the metrics listener off; the probes' address "
+        'serves both on one port'
     )  # fmt: skip
     health_probe_bind_address: str = _opt(
         ':8081', 'listen address of the /healthz and /readyz probes (host:port)', aliases=('health-addr',)
