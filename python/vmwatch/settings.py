@@ -632,6 +632,10 @@ DEPRECATED_BY = 'issue 14'
 """Where the renames of the deprecated aliases are explained (named in each deprecation warning)."""
 
 
+_ALIAS_NOTES = {'health-addr': ' (/metrics has its own --metrics-bind-address now, default :8080)'}
+"""What else a user of a former name must know."""
+
+
 def _alias_dest(name: str, alias: str) -> str:
     return f'_alias_{name}_{alias.replace("-", "_")}'
 
@@ -691,10 +695,11 @@ def deprecated_names(args: argparse.Namespace, environ: Mapping[str, str] | None
     for f in fields(ServiceSettings):
         for alias in f.metadata['aliases']:
             old_env = 'VMWATCH_' + alias.upper().replace('-', '_')
+            note = _ALIAS_NOTES.get(alias, '')
             if getattr(args, _alias_dest(f.name, alias), None) is not None:
-                found.append(f'--{alias} is deprecated ({DEPRECATED_BY}): use {flag_name(f.name)}')
+                found.append(f'--{alias} is deprecated ({DEPRECATED_BY}): use {flag_name(f.name)}{note}')
             if env.get(old_env):
-                found.append(f'{old_env} is deprecated ({DEPRECATED_BY}): use {env_name(f.name)}')
+                found.append(f'{old_env} is deprecated ({DEPRECATED_BY}): use {env_name(f.name)}{note}')
     return found
 
 

@@ -75,8 +75,9 @@ def test_a_former_name_still_works_below_the_new_one_and_is_reported(former: str
     raw, value = VALUES[name]
     assert getattr(load(parse(former, raw)), name) == value
     assert getattr(load(**{old_env: raw}), name) == value
-    assert deprecated_names(parse(former, raw), {}) == [f'{former} is deprecated (issue 14): use {new_flag}']
-    assert deprecated_names(parse(), {old_env: raw}) == [f'{old_env} is deprecated (issue 14): use {new_env}']
+    note = ' (/metrics has its own --metrics-bind-address now, default :8080)' if former == '--health-addr' else ''
+    assert deprecated_names(parse(former, raw), {}) == [f'{former} is deprecated (issue 14): use {new_flag}{note}']
+    assert deprecated_names(parse(), {old_env: raw}) == [f'{old_env} is deprecated (issue 14): use {new_env}{note}']
     assert deprecated_names(parse(), {old_env: ''}) == []  # an empty variable is unset (old ConfigMaps list them)
     default = getattr(ServiceSettings(), name)
     # precedence: new flag, former flag, new variable, former variable
