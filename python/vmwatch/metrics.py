@@ -338,6 +338,10 @@ class HealthServer:
         return self
 
     def close(self) -> None:
-        self._server.shutdown()
+        """Stop serving and release the port; a server never started only releases it (shutdown() would wait
+        forever for a serve loop that never ran)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)

@@ -8,15 +8,18 @@ the loop is blocked by a synchronous sleep, as a blocking call in a coroutine wo
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from vmwatch.devenv import free_port
 from vmwatch.liveness import Heartbeat
 from vmwatch.metrics import Metrics
-from vmwatch.run_cmd import _listen
+from vmwatch.run_cmd import _listen, _ListenError
 from vmwatch.settings import ServiceSettings
 
 
@@ -98,3 +101,19 @@ def test_metrics_get_their_own_listener_unless_they_share_the_probes_address() -
         assert _get(f'{base}/metrics')[0] == 200 and _get(f'{base}/healthz') == (200, 'ok\n')
     finally:
         both.close()
+
+
+@pytest.mark.timeout(20)
+def test_a_busy_metrics_port_is_one_error_and_releases_the_probe_port() -> None:
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        probe_port = free_port()
+        settings = ServiceSettings(
+            health_probe_bind_address=f'127.0.0.1:{probe_port}', metrics_bind_address=f'127.0.0.1:{taken}'
+        )
+        with pytest.raises(_ListenError, match=f'cannot listen on --metrics-bind-address 127.0.0.1:{taken}'):
+            _listen(settings, Metrics(), Heartbeat(stall_s=30))
+    with socket.socket() as again:  # the probe server bound first was closed (it never served)
+        again.bind(('127.0.0.1', probe_port))
