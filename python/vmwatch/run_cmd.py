@@ -103,10 +103,10 @@ def run(args: Any) -> int:
 
 
 class _ListenError(Exception):
-    pass
+    """A probe or metrics address that cannot be bound (the message names the flag): exit 2."""
 
 
-def _listen(settings: ServiceSettings, metrics: Metrics, heartbeat: Any) -> list[HealthServer]:
+def _listen(settings: ServiceSettings, metrics: Metrics, heartbeat: Heartbeat) -> list[HealthServer]:
     """The probe server (first) and the metrics server, bound; one server for both when their addresses are the
     same, none for /metrics when --metrics-bind-address is 0."""
     from vmwatch.metrics import HealthServer
