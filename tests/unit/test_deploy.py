@@ -191,6 +191,8 @@ def _cargo_version() -> str:
 def test_the_image_is_a_release_tag_an_overlay_replaces_never_latest() -> None:
     (container,) = _deployment()['spec']['template']['spec']['containers']
     assert container['image'] == f'vmwatch:{_cargo_version()}'
+    (raw,) = _load(BASE / 'deployment.yaml')  # also when the file is applied without kustomize
+    assert raw['spec']['template']['spec']['containers'][0]['image'] == container['image']
     for overlay in sorted((DEPLOY / 'overlays').iterdir()):
         kustomization = yaml.safe_load((overlay / 'kustomization.yaml').read_text())
         for image in kustomization.get('images', []):
