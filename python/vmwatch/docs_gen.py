@@ -3,8 +3,8 @@
 and `vmwatch run --help`.
 
 `python -m vmwatch.docs_gen docs` rewrites docs/configuration.md, docs/cli_help.txt and
-deploy/base/configmap.yaml; `--check` exits 1 when the committed files differ. tests/unit/test_docs.py
-asserts the same, so neither the docs nor the manifests can rot.
+deploy/base/settings.env (the ConfigMap generator's input); `--check` exits 1 when the committed files differ.
+tests/unit/test_docs.py asserts the same, so neither the docs nor the manifests can rot.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any
 
-from vmwatch.settings import ServiceSettings
+from vmwatch.settings import DEPRECATED_BY, ServiceSettings, env_name, flag_name, format_duration
 
-__all__ = ['DEPLOYMENT_VALUES', 'HELP_COLUMNS', 'configmap_yaml', 'configuration_markdown', 'main', 'run_help']
+__all__ = ['DEPLOYMENT_VALUES', 'HELP_COLUMNS', 'configuration_markdown', 'main', 'run_help', 'settings_env']
 
 HELP_COLUMNS = 100
 """Terminal width used for docs/cli_help.txt (argparse wraps to $COLUMNS)."""
@@ -36,11 +36,36 @@ files are re-read on every login, so a rotated Secret needs no restart. Booleans
 true/false, 1/0, yes/no, on/off; a flag given alone (`--vc-insecure`) means true. Lists are comma-separated.
 Settings in seconds (unit `s`) also take Go-style durations: `15s`, `2m`, `1h30m`, `500ms`.
 An empty environment variable counts as unset. In a cluster, every variable is a key of the `vmwatch`
-ConfigMap (`deploy/base/configmap.yaml`, generated from this table); change them in an overlay as
+ConfigMap, made by a kustomize `configMapGenerator` from `deploy/base/settings.env` (generated from this
+table), so a changed setting rolls the pods; change keys in an overlay with a merging generator, as
 `deploy/overlays/example` does.
 
 | Flag | Environment variable | Default | Unit | Description |
 |------|----------------------|---------|------|-------------|
+"""
+
+_LISTS = """
+## Watched property paths and ignored extraConfig keys
+
+`--watched-paths` and `--ignored-extra-config-keys` replace the defaults below; the `-add` and `-remove`
+forms edit them (applied to the replacement when both are given), e.g.
+`VMWATCH_IGNORED_EXTRA_CONFIG_KEYS_ADD=guestinfo.metrics.lastSeen` or
+`--watched-paths-remove=summary.overallStatus`. Removing an entry that is not in the list, or leaving no
+watched path, is a settings error (exit 2). Paths are plain property paths: vCenter cannot filter on
+indexed ones such as `guest.ipStack[0]`. Keys match exactly and case-sensitively.
+"""
+
+_DEPRECATED = """
+## Former names
+
+Renamed to controller-runtime's names in {issue}. The former flags and variables still work, are not shown
+in `--help`, and each one given logs a deprecation warning naming its replacement. The new name wins when
+both are set. `vmwatch watch` speaks the same `--vc-url`, `--vc-user`, `--vc-password-file`, `--vc-ca-file`,
+`--vc-thumbprint` and `--vc-insecure`; its former `--server`, `--user`, `--password-file`, `--ca-file`,
+`--thumbprint` and `--insecure` are kept the same way.
+
+| Former flag | Former variable | Use | Variable |
+|-------------|-----------------|-----|----------|
 """
 
 _FOOTER = """
@@ -67,6 +92,8 @@ def _cell(text: str) -> str:
 
 
 def _default(f: Field[Any]) -> str:
+    if f.metadata['shown']:
+        return str(f.metadata['shown']).replace('(docs/configuration.md)', '(below)')
     value = f.default if f.default is not MISSING else None
     if value is None or value == '' or value == ():
         return ''
@@ -74,6 +101,8 @@ def _default(f: Field[Any]) -> str:
         value = ','.join(value)
     if isinstance(value, bool):
         value = str(value).lower()
+    if f.metadata['unit'] == 's' and isinstance(value, float):
+        value = format_duration(value)
     return f'`{value}`'
 
 
@@ -85,10 +114,32 @@ def configuration_markdown() -> str:
         help_text = str(meta['help'])
         if meta['choices']:
             help_text += ' (one of: ' + ', '.join(f'`{c}`' for c in meta['choices']) + ')'
-        flag = '--' + f.name.replace('_', '-')
-        env = 'VMWATCH_' + f.name.upper()
+        flag, env = flag_name(f.name), env_name(f.name)
         rows.append(f'| `{flag}` | `{env}` | {_default(f)} | {meta["unit"]} | {_cell(help_text)} |\n')
-    return _HEADER + ''.join(rows) + _FOOTER
+    return _HEADER + ''.join(rows) + _lists_markdown() + _deprecated_markdown() + _FOOTER
+
+
+def _lists_markdown() -> str:
+    """The default watched paths and ignored keys, and how to edit them."""
+    from vmwatch.settings import DEFAULT_IGNORED_EXTRA_CONFIG_KEYS, DEFAULT_WATCHED_PATHS
+
+    return (
+        _LISTS
+        + f'\nDefault watched property paths ({len(DEFAULT_WATCHED_PATHS)}, spec 2.1):\n\n'
+        + ''.join(f'- `{p}`\n' for p in DEFAULT_WATCHED_PATHS)
+        + f'\nDefault ignored extraConfig keys ({len(DEFAULT_IGNORED_EXTRA_CONFIG_KEYS)}, spec 2.2):\n\n'
+        + ''.join(f'- `{k}`\n' for k in DEFAULT_IGNORED_EXTRA_CONFIG_KEYS)
+    )
+
+
+def _deprecated_markdown() -> str:
+    """The former names of renamed settings: still read, hidden from --help, each logged once as deprecated."""
+    rows = [
+        f'| `--{old}` | `VMWATCH_{old.upper().replace("-", "_")}` | `{flag_name(f.name)}` | `{env_name(f.name)}` |\n'
+        for f in fields(ServiceSettings)
+        for old in f.metadata['aliases']
+    ]
+    return _DEPRECATED.format(issue=DEPRECATED_BY) + ''.join(rows)
 
 
 DEPLOYMENT_VALUES: dict[str, str] = {
@@ -102,18 +153,14 @@ DEPLOYMENT_VALUES: dict[str, str] = {
 """Where the shipped Deployment differs from the defaults: the Secret's mount paths, the annotate sink
 (a controller in another process reconciles), JSON logs, and a placeholder URL an overlay replaces."""
 
-_CONFIGMAP_HEADER = """\
+_SETTINGS_ENV_HEADER = """\
 # SPDX-License-Identifier: Apache-2.0
 # Generated by `python -m vmwatch.docs_gen docs` from vmwatch.settings.ServiceSettings: do not edit.
-# Every setting of `vmwatch run`, with the value the Deployment uses (the default unless noted).
-# An empty value means unset (the default applies). Override keys in an overlay, as
-# deploy/overlays/example does; docs/configuration.md describes each setting.
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: vmwatch
-  namespace: vmwatch-system
-data:
+# Every setting of `vmwatch run`, with the value the Deployment uses (the default unless noted), as the
+# `envs` file of the `vmwatch` configMapGenerator (deploy/base/kustomization.yaml): the ConfigMap's name
+# carries a hash of this content, so a changed setting rolls the pods. An empty value means unset (the
+# default applies). Change keys in an overlay with a merging generator, as deploy/overlays/example does;
+# docs/configuration.md describes each setting.
 """
 
 
@@ -127,13 +174,9 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
-def _yaml_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def configmap_yaml() -> str:
-    """deploy/base/configmap.yaml: one key per setting (VMWATCH_*), plus the feature switch."""
-    lines = [_CONFIGMAP_HEADER]
+def settings_env() -> str:
+    """deploy/base/settings.env: one KEY=value line per setting (VMWATCH_*), plus the feature switch."""
+    lines = [_SETTINGS_ENV_HEADER]
     for f in fields(ServiceSettings):
         meta = f.metadata
         help_text = str(meta['help'])
@@ -141,15 +184,19 @@ def configmap_yaml() -> str:
             help_text += f' [{meta["unit"]}]'
         if meta['choices']:
             help_text += ' (one of: ' + ', '.join(meta['choices']) + ')'
-        default = _env_value(f.default if f.default is not MISSING else None)
+        default = '' if meta['shown'] else _env_value(f.default if f.default is not MISSING else None)
+        if meta['unit'] == 's' and isinstance(f.default, float):
+            default = format_duration(f.default)
         value = DEPLOYMENT_VALUES.get(f.name, default)
         if f.name in DEPLOYMENT_VALUES:
             help_text += f'; default: {default!r}' if default else '; no default'
         if f.name == 'lease_namespace':
             help_text += ' (the Deployment sets it to its own namespace)'
-        lines.append(f'  # {help_text}\n  VMWATCH_{f.name.upper()}: {_yaml_str(value)}\n')
-    lines.append("  # the feature switch of vm-operator's async signal: false keeps vmwatch up but idle\n")
-    lines.append("  ASYNC_SIGNAL_ENABLED: 'true'\n")
+        if '\n' in value or value != value.strip():
+            raise ValueError(f'{f.name}: {value!r} cannot be written to an env file')
+        lines.append(f'# {help_text}\n{env_name(f.name)}={value}\n')
+    lines.append("# the feature switch of vm-operator's async signal: false keeps vmwatch up but idle\n")
+    lines.append('ASYNC_SIGNAL_ENABLED=true\n')
     return ''.join(lines)
 
 
@@ -188,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     generated = {
         args.docs_dir / 'configuration.md': configuration_markdown(),
         args.docs_dir / 'cli_help.txt': run_help(),
-        deploy_dir / 'configmap.yaml': configmap_yaml(),
+        deploy_dir / 'settings.env': settings_env(),
     }
     stale = []
     for path, text in generated.items():

@@ -263,10 +263,12 @@ class CheckpointMetrics:
 
 
 class HealthServer:
-    """/healthz (the process is alive), /readyz (watching, or deliberately idle), /metrics, on one port.
+    """/healthz (the process and its event loop are alive), /readyz (watching, or deliberately idle) and /metrics.
 
-    `ready` returns (ok, reason); the reason is the body, e.g. 'watching', 'standby: not the leader',
-    'disabled: ASYNC_SIGNAL_DISABLED', or why not ready.
+    `vmwatch run` serves the probes on one port and /metrics on another (controller-runtime's
+    --health-probe-bind-address and --metrics-bind-address): `probes=False` serves /metrics alone, `metrics=None`
+    the probes alone. `ready` and `alive` return (ok, reason); the reason is the body, e.g. 'watching',
+    'standby: not the leader', 'disabled: ASYNC_SIGNAL_DISABLED', or why not ready (503) or not alive (500).
     """
 
     def __init__(
@@ -274,18 +276,21 @@ class HealthServer:
         *,
         host: str,
         port: int,
-        metrics: Metrics,
+        metrics: Metrics | None,
         ready: Callable[[], tuple[bool, str]],
         before_scrape: Callable[[], None] | None = None,
+        probes: bool = True,
+        alive: Callable[[], tuple[bool, str]] | None = None,
     ) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = self.path.split('?', 1)[0]
-                if path == '/healthz':
-                    self._send(200, b'ok\n', 'text/plain')
-                elif path == '/readyz':
+                if path == '/healthz' and outer.probes:
+                    ok, reason = outer.alive() if outer.alive is not None else (True, 'ok')
+                    self._send(200 if ok else 500, reason.encode() + b'\n', 'text/plain')
+                elif path == '/readyz' and outer.probes:
                     ok, reason = outer.ready()
                     body = reason.encode() + b'\n'
                     if 'verbose' in self.path.partition('?')[2].split('&') and outer.detail is not None:
@@ -294,7 +299,7 @@ class HealthServer:
                         verdict = 'readyz check passed' if ok else f'readyz check failed: {reason}'
                         body = '\n'.join([*lines, verdict, '']).encode()
                     self._send(200 if ok else 503, body, 'text/plain')
-                elif path == '/metrics':
+                elif path == '/metrics' and outer.metrics is not None:
                     if outer.before_scrape is not None:
                         outer.before_scrape()
                     self._send(200, outer.metrics.exposition(), CONTENT_TYPE_LATEST)
@@ -311,13 +316,16 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return  # probes every few seconds would flood the log
 
+        self.probes = probes
+        self.alive = alive
         self.metrics = metrics
         self.ready = ready
         self.detail: Callable[[], list[tuple[str, bool, str]]] | None = None  # /readyz?verbose: (check, ok, why)
         self.before_scrape = before_scrape
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name='vmwatch-health', daemon=True)
+        name = 'vmwatch-health' if probes else 'vmwatch-metrics'
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
         self.started_at = time.time()
 
     @property
@@ -330,6 +338,10 @@ class HealthServer:
         return self
 
     def close(self) -> None:
-        self._server.shutdown()
+        """Stop serving and release the port; a server never started only releases it (shutdown() would wait
+        forever for a serve loop that never ran)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)

@@ -31,6 +31,7 @@ from vmwatch.settings import async_signal_disabled
 if TYPE_CHECKING:
     from vmwatch.kube.leader import LeaderElector
     from vmwatch.kube.shards import ShardLeases
+    from vmwatch.liveness import Heartbeat
     from vmwatch.metrics import HealthServer, Metrics
     from vmwatch.service import Service
     from vmwatch.settings import ServiceSettings
@@ -57,44 +58,79 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: Any) -> int:
-    """Exit 2 with one message for bad settings, a bad kubeconfig or an unusable health address; otherwise run
-    until SIGTERM/SIGINT (exit 0, or 1 when requests were left undelivered or stdout was closed)."""
+    """Exit 2 with one message for bad settings, a bad kubeconfig or an unusable health or metrics address;
+    otherwise run until SIGTERM/SIGINT (exit 0, or 1 when requests were left undelivered or stdout was closed)."""
     from vmwatch.kube.crds import api_client
+    from vmwatch.liveness import Heartbeat
     from vmwatch.logs import configure_logging
-    from vmwatch.metrics import HealthServer, Metrics
-    from vmwatch.settings import SettingsError, load_service_settings, parse_host_port
+    from vmwatch.metrics import Metrics
+    from vmwatch.settings import SettingsError, deprecated_names, load_service_settings
 
     try:
         settings = load_service_settings(args).validate().check_files()
         disabled = async_signal_disabled()
         if settings.sink == 'queue':
             raise SettingsError('--sink queue is for Python code embedding vmwatch.Service; use stdout or annotate')
-        host, port = parse_host_port('--health-addr', settings.health_addr)
     except SettingsError as e:
         print(f'vmwatch run: {e}', file=sys.stderr)
         return 2
     configure_logging(level=settings.log_level, json_format=settings.log_format == 'json')
+    for warning in deprecated_names(args):
+        log.warning('%s', warning)
     try:
         api = api_client(settings.kubeconfig)
     except Exception as e:  # a malformed kubeconfig raises many types; one clear message is the point
         print(f'vmwatch run: cannot load the Kubernetes configuration: {type(e).__name__}: {e}', file=sys.stderr)
         return 2
     metrics = Metrics()
+    heartbeat = Heartbeat(stall_s=settings.liveness_stall_s)
     try:  # bound before anything starts, so a port in use is one line and exit 2
-        health = HealthServer(host=host or '0.0.0.0', port=port, metrics=metrics, ready=lambda: (False, 'starting'))
-    except (OSError, OverflowError) as e:
-        print(f'vmwatch run: cannot listen on --health-addr {settings.health_addr}: {e}', file=sys.stderr)
+        servers = _listen(settings, metrics, heartbeat)
+    except _ListenError as e:
+        print(f'vmwatch run: {e}', file=sys.stderr)
         api.close()  # type: ignore[no-untyped-call]
         return 2
     try:
         import uvloop
 
-        return int(uvloop.run(_serve(settings, api, disabled, metrics, health)))
+        return int(uvloop.run(_serve(settings, api, disabled, metrics, servers, heartbeat)))
     except KeyboardInterrupt:
         return 0
     finally:
-        health.close()
+        for server in servers:
+            server.close()
         api.close()  # type: ignore[no-untyped-call]
+
+
+class _ListenError(Exception):
+    """A probe or metrics address that cannot be bound (the message names the flag): exit 2."""
+
+
+def _listen(settings: ServiceSettings, metrics: Metrics, heartbeat: Heartbeat) -> list[HealthServer]:
+    """The probe server (first) and the metrics server, bound; one server for both when their addresses are the
+    same, none for /metrics when --metrics-bind-address is 0."""
+    from vmwatch.metrics import HealthServer
+    from vmwatch.settings import parse_host_port
+
+    host, port = parse_host_port('--health-probe-bind-address', settings.health_probe_bind_address)
+    shared = settings.metrics_bind_address != '0' and (
+        parse_host_port('--metrics-bind-address', settings.metrics_bind_address) == (host, port) and port != 0
+    )
+    servers: list[HealthServer] = []
+    try:
+        flag, address = '--health-probe-bind-address', settings.health_probe_bind_address
+        servers.append(HealthServer(host=host or '0.0.0.0', port=port, metrics=metrics if shared else None,
+                                    ready=lambda: (False, 'starting'), alive=heartbeat.alive))  # fmt: skip
+        if settings.metrics_bind_address != '0' and not shared:
+            flag, address = '--metrics-bind-address', settings.metrics_bind_address
+            m_host, m_port = parse_host_port(flag, address)
+            servers.append(HealthServer(host=m_host or '0.0.0.0', port=m_port, metrics=metrics,
+                                        ready=lambda: (False, 'starting'), probes=False))  # fmt: skip
+    except (OSError, OverflowError) as e:
+        for server in servers:
+            server.close()
+        raise _ListenError(f'cannot listen on {flag} {address}: {e}') from None
+    return servers
 
 
 class Leadership:
@@ -308,7 +344,14 @@ class Replica:
         return delivered
 
 
-async def _serve(settings: ServiceSettings, api: Any, disabled: bool, metrics: Metrics, health: HealthServer) -> int:
+async def _serve(
+    settings: ServiceSettings,
+    api: Any,
+    disabled: bool,
+    metrics: Metrics,
+    servers: list[HealthServer],
+    heartbeat: Heartbeat,
+) -> int:
     import signal as signals
 
     exit_code = 0
@@ -320,10 +363,15 @@ async def _serve(settings: ServiceSettings, api: Any, disabled: bool, metrics: M
         stop.set()
 
     replica = Replica(settings, api, metrics=metrics, disabled=disabled, on_closed=closed)
-    health.ready, health.before_scrape = replica.ready, replica.service.refresh_metrics
-    health.detail = replica.ready_detail
-    health.start()
-    log.info('health and metrics on %s:%d', *health.address)
+    beating = asyncio.create_task(heartbeat.run(), name='vmwatch-heartbeat')
+    for server in servers:
+        server.ready, server.before_scrape = replica.ready, replica.service.refresh_metrics
+        server.detail = replica.ready_detail
+        server.start()
+        what = {True: 'health probes and metrics', False: 'health probes'} if server.probes else {True: 'metrics'}
+        log.info('%s on %s:%d', what[server.metrics is not None], *server.address)
+    if len(servers) == 1 and servers[0].metrics is None:
+        log.info('metrics off (--metrics-bind-address 0)')
     loop = asyncio.get_running_loop()
     for sig in (signals.SIGTERM, signals.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -335,6 +383,7 @@ async def _serve(settings: ServiceSettings, api: Any, disabled: bool, metrics: M
         log.info('stopping: draining the queue for at most %.1f s', settings.shutdown_grace_s)
         if not await replica.stop(grace_s=settings.shutdown_grace_s):
             exit_code = 1
+        beating.cancel()
     return exit_code
 
 

@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +33,10 @@ __all__ = [
     'async_signal_disabled',
     'check_ca_file',
     'check_number',
+    'deprecated_names',
+    'env_name',
+    'flag_name',
+    'format_duration',
     'load_service_settings',
     'parse_bool',
     'parse_duration',
@@ -205,8 +209,21 @@ class FilterSettings:
         return tuple(dict.fromkeys((*self.ignored_extra_config_keys, *self.additional_ignored_keys)))
 
 
-def _opt(default: Any, help: str, *, unit: str = '', choices: Sequence[str] = ()) -> Any:
-    return field(default=default, metadata={'help': help, 'unit': unit, 'choices': tuple(choices)})
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    unit: str = '',
+    choices: Sequence[str] = (),
+    flag: str = '',
+    aliases: Sequence[str] = (),
+    shown: str = '',
+) -> Any:
+    """A ServiceSettings field. `flag`: the public name when it differs from the field's (the flag is `--<flag>`,
+    the variable `VMWATCH_<FLAG>`); `aliases`: former public names, still read (hidden from --help, logged as
+    deprecated); `shown`: how --help and the docs show a default too long to print."""
+    meta = {'help': help, 'unit': unit, 'choices': tuple(choices), 'flag': flag, 'aliases': tuple(aliases)}
+    return field(default=default, metadata={**meta, 'shown': shown})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,17 +249,50 @@ class ServiceSettings:
     sink: str = _opt('stdout', 'where reconcile requests go', choices=('stdout', 'annotate', 'queue', 'cloudevents'))
     annotation: str = _opt('vmwatch.dev/async-signal', 'annotation the annotate sink patches on the VirtualMachine')
     workers: int = _opt(4, 'concurrent sink workers', unit='workers')
-    health_addr: str = _opt(':8081', 'listen address of /healthz, /readyz and /metrics (host:port)')
+    metrics_bind_address: str = _opt(
+        ':8080', "listen address of /metrics (host:port); 0 turns the metrics listener off; the probes' address "
+        'serves both on one port'
+    )  # fmt: skip
+    health_probe_bind_address: str = _opt(
+        ':8081', 'listen address of the /healthz and /readyz probes (host:port)', aliases=('health-addr',)
+    )
+    liveness_stall_s: float = _opt(
+        30.0, '/healthz fails (500) when the event loop has not run for this long (a stuck process is restarted)',
+        unit='s',
+    )  # fmt: skip
     leader_elect: bool = _opt(True, 'only the holder of the Lease watches')
     lease_name: str = _opt('vmwatch', 'name of the coordination.k8s.io Lease')
     lease_namespace: str = _opt('', "namespace of the Lease; empty: the pod's namespace, else 'default'")
-    lease_duration_s: float = _opt(15.0, 'how long a Lease is valid without renewal', unit='s')
-    renew_deadline_s: float = _opt(10.0, 'the leader gives up leading when it could not renew for this long', unit='s')
-    retry_period_s: float = _opt(2.0, 'interval between Lease acquire/renew attempts', unit='s')
+    # the Lease timings keep their unit in the Python name; their flags are controller-runtime's
+    lease_duration_s: float = _opt(
+        15.0, 'how long a Lease is valid without renewal', unit='s', flag='leader-elect-lease-duration',
+        aliases=('lease-duration-s',),
+    )  # fmt: skip
+    renew_deadline_s: float = _opt(
+        10.0, 'the leader gives up leading when it could not renew for this long', unit='s',
+        flag='leader-elect-renew-deadline', aliases=('renew-deadline-s',),
+    )  # fmt: skip
+    retry_period_s: float = _opt(
+        2.0, 'interval between Lease acquire/renew attempts', unit='s', flag='leader-elect-retry-period',
+        aliases=('retry-period-s',),
+    )  # fmt: skip
     max_wait_s: int = _opt(300, 'WaitForUpdatesEx MaxWaitSeconds', unit='s')
     max_object_updates: int = _opt(100, 'WaitForUpdatesEx MaxObjectUpdates per page', unit='objects')
-    additional_ignored_keys: tuple[str, ...] = _opt(
-        (), 'extraConfig keys to ignore on top of the defaults (comma-separated)'
+    watched_paths: tuple[str, ...] = _opt(
+        DEFAULT_WATCHED_PATHS, 'VirtualMachine property paths whose changes signal, replacing the defaults '
+        '(comma-separated)', shown="vm-operator's 31 paths (docs/configuration.md)",
+    )  # fmt: skip
+    watched_paths_add: tuple[str, ...] = _opt((), 'property paths to watch on top of --watched-paths')
+    watched_paths_remove: tuple[str, ...] = _opt((), 'property paths of --watched-paths not to watch')
+    ignored_extra_config_keys: tuple[str, ...] = _opt(
+        DEFAULT_IGNORED_EXTRA_CONFIG_KEYS, 'extraConfig keys whose changes are noise (exact), replacing the '
+        'defaults (comma-separated)', shown="vm-operator's 46 keys (docs/configuration.md)",
+    )  # fmt: skip
+    ignored_extra_config_keys_add: tuple[str, ...] = _opt(
+        (), 'extraConfig keys to ignore on top of --ignored-extra-config-keys', aliases=('additional-ignored-keys',)
+    )
+    ignored_extra_config_keys_remove: tuple[str, ...] = _opt(
+        (), 'extraConfig keys of --ignored-extra-config-keys whose changes signal after all'
     )
     cache_max_entries: int = _opt(25000, 'fingerprint cache size', unit='VMs')
     cache_ttl_s: float = _opt(86400.0, 'fingerprint cache entry lifetime', unit='s')
@@ -283,14 +333,17 @@ class ServiceSettings:
             if str(f.type) in ('int', 'float'):
                 check_number(f.name, getattr(self, f.name), *_LIMITS.get(f.name, _DEFAULT_LIMITS))
         if self.renew_deadline_s >= self.lease_duration_s:
-            raise SettingsError('--renew-deadline-s must be shorter than --lease-duration-s')
+            raise SettingsError('--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration')
         if self.retry_period_s >= self.renew_deadline_s:
-            raise SettingsError('--retry-period-s must be shorter than --renew-deadline-s')
+            raise SettingsError('--leader-elect-retry-period must be shorter than --leader-elect-renew-deadline')
         if 0 < self.checkpoint_interval_s < 1:
             raise SettingsError('--checkpoint-interval-s must be 0 (off) or at least 1 s (a ConfigMap write each time)')
         if self.restart_max_s < self.restart_initial_s:
             raise SettingsError('--restart-max-s must not be shorter than --restart-initial-s')
-        parse_host_port('--health-addr', self.health_addr)
+        parse_host_port('--health-probe-bind-address', self.health_probe_bind_address)
+        if self.metrics_bind_address != '0':
+            parse_host_port('--metrics-bind-address', self.metrics_bind_address)
+        self.filter_settings()  # the watched paths and ignored keys after their -add / -remove
         self._check_sink_url()
         _check_names(self)
         return self
@@ -366,8 +419,26 @@ class ServiceSettings:
         return f'{self.lease_name}-{vcenter}' if from_file else self.lease_name
 
     def filter_settings(self) -> FilterSettings:
+        """What counts as a change: the watched paths and ignored keys after their -add / -remove (SettingsError
+        for a removal of something not in the list, or no watched path left)."""
+        paths = _edit_list('--watched-paths', self.watched_paths, self.watched_paths_add, self.watched_paths_remove,
+                           'watched')  # fmt: skip
+        if not paths:
+            raise SettingsError('--watched-paths: no property path left to watch')
+        for path in paths:
+            if not _PROPERTY_PATH.fullmatch(path):
+                raise SettingsError(f'--watched-paths: {path[:200]!r} is not a property path (e.g. summary.guest; '
+                                    'vCenter cannot filter on indexed paths)')  # fmt: skip
+        keys = _edit_list(
+            '--ignored-extra-config-keys',
+            self.ignored_extra_config_keys,
+            self.ignored_extra_config_keys_add,
+            self.ignored_extra_config_keys_remove,
+            'ignored',
+        )
         return FilterSettings(
-            additional_ignored_keys=self.additional_ignored_keys,
+            watched_paths=paths,
+            ignored_extra_config_keys=keys,
             cache_max_entries=self.cache_max_entries,
             cache_ttl_s=self.cache_ttl_s,
             signal_on_leave=self.signal_on_leave,
@@ -391,6 +462,7 @@ class ServiceSettings:
 # exit 2 at start instead of, e.g., a restart delay of 0 s (hundreds of vCenter logins per second).
 _LIMITS: dict[str, tuple[float, float]] = {
     'workers': (1, 256),
+    'liveness_stall_s': (1.0, 3600.0),  # below 1 s a busy but healthy loop (a large batch) could fail the probe
     'lease_duration_s': (1.0, 3600.0),
     'renew_deadline_s': (0.5, 3600.0),
     'retry_period_s': (0.05, 600.0),
@@ -413,11 +485,25 @@ _VC_FLAGS = ('vc_url', 'vc_user', 'vc_user_file', 'vc_password_file', 'vc_ca_fil
 _MAX_SHARD_LEASE = 63  # a shard's Lease name is the label value of its checkpoint ConfigMaps (at most 63)
 
 
+_PROPERTY_PATH = re.compile(r'[A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*)*')
+
+
+def _edit_list(flag: str, base: tuple[str, ...], add: tuple[str, ...], remove: tuple[str, ...], what: str
+               ) -> tuple[str, ...]:  # fmt: skip
+    """`base` plus `add` (in order, without duplicates) minus `remove`; each removed item must be in the list."""
+    items = dict.fromkeys((*base, *add))
+    for item in remove:
+        if item not in items:
+            raise SettingsError(f'{flag}-remove: {item[:200]!r} is not {what} (nothing to remove)')
+        del items[item]
+    return tuple(items)
+
+
 def check_number(name: str, value: float, low: float, high: float) -> None:
     """SettingsError unless `value` is finite and within [low, high]; the message names flag, variable and unit."""
     if not math.isfinite(value) or not low <= value <= high:
         raise SettingsError(
-            f'--{name.replace("_", "-")} / {_env_name(name)}: {value!r} is out of range (allowed: {low:g} to {high:g})'
+            f'{flag_name(name)} / {env_name(name)}: {value!r} is out of range (allowed: {low:g} to {high:g})'
         )
 
 
@@ -463,8 +549,19 @@ def _check_names(s: ServiceSettings) -> None:
         raise SettingsError(f'--annotation {s.annotation!r} is not an annotation key ([prefix/]name)')
 
 
-def _env_name(name: str) -> str:
-    return 'VMWATCH_' + name.upper()
+def _public(name: str) -> str:
+    f = _FIELDS.get(name)
+    return (f.metadata['flag'] if f is not None else '') or name.replace('_', '-')
+
+
+def flag_name(name: str) -> str:
+    """The flag of ServiceSettings field `name`: `--vc-url`, `--leader-elect-lease-duration` (lease_duration_s)."""
+    return '--' + _public(name)
+
+
+def env_name(name: str) -> str:
+    """The environment variable of ServiceSettings field `name`: VMWATCH_ and the flag in capitals."""
+    return 'VMWATCH_' + _public(name).upper().replace('-', '_')
 
 
 _DURATION_PART = re.compile(r'(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)')
@@ -491,11 +588,21 @@ def parse_duration(text: str) -> float:
     return sign * total
 
 
+def format_duration(seconds: float) -> str:
+    """A Go-style duration that parse_duration reads back: 15s, 5m, 24h, 1h30m, 250ms, 0s."""
+    if seconds < 1:
+        return f'{seconds * 1000:g}ms' if seconds else '0s'
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f'{hours:g}h' if hours else '', f'{minutes:g}m' if minutes else '', f'{secs:g}s' if secs else '']
+    return ''.join(parts)
+
+
 def _convert(name: str, raw: str, annotation: Any, unit: str = '') -> Any:
     kind = str(annotation)
     try:
         if kind == 'bool':
-            return parse_bool(_env_name(name), raw)
+            return parse_bool(env_name(name), raw)
         if unit == 's' and kind in ('int', 'float'):
             seconds = parse_duration(raw)
             if kind == 'int':
@@ -517,40 +624,94 @@ def _convert(name: str, raw: str, annotation: Any, unit: str = '') -> Any:
         what = 'duration (30s, 2m, 1h30m, or seconds)' if unit == 's' else kind
         if unit == 's' and kind == 'int':
             what = 'duration of whole seconds (30s, 5m, or seconds)'
-        raise SettingsError(f'{_env_name(name)} / --{name.replace("_", "-")}: {raw!r} is not a valid {what}') from None
+        raise SettingsError(f'{env_name(name)} / {flag_name(name)}: {raw!r} is not a valid {what}') from None
     return raw
 
 
+DEPRECATED_BY = 'issue 14'
+"""Where the renames of the deprecated aliases are explained (named in each deprecation warning)."""
+
+
+_ALIAS_NOTES = {'health-addr': ' (/metrics has its own --metrics-bind-address now, default :8080)'}
+"""What else a user of a former name must know."""
+
+
+def _alias_dest(name: str, alias: str) -> str:
+    return f'_alias_{name}_{alias.replace("-", "_")}'
+
+
 def add_service_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per ServiceSettings field, with its unit, default and environment variable in --help."""
+    """One flag per ServiceSettings field, with its unit, default and environment variable in --help; the former
+    names of renamed flags are accepted but not shown."""
     for f in fields(ServiceSettings):
         meta = f.metadata
         default = f.default if f.default is not MISSING else None
         unit = ' [s, or a duration: 30s, 2m]' if meta['unit'] == 's' else f' [{meta["unit"]}]' if meta['unit'] else ''
         shown = ','.join(default) if isinstance(default, tuple) else ('' if default is None else default)
+        if meta['unit'] == 's' and isinstance(default, float):
+            shown = format_duration(default)
+        shown = meta['shown'] or shown
         bounds = _LIMITS.get(f.name)
         allowed = f'; {bounds[0]:g} to {bounds[1]:g}' if bounds and str(f.type) in ('int', 'float') else ''
-        help_text = f'{meta["help"]}{unit} (default: {shown!s}{allowed}; env {_env_name(f.name)})'
-        kwargs: dict[str, Any] = {'dest': f.name, 'default': None, 'help': help_text}
+        help_text = f'{meta["help"]}{unit} (default: {shown!s}{allowed}; env {env_name(f.name)})'
+        kwargs: dict[str, Any] = {'default': None}
         if meta['choices']:
             kwargs['choices'] = meta['choices']
             if all(c.isupper() for c in meta['choices']):
                 kwargs['type'] = str.upper  # --log-level debug works too
         if str(f.type) == 'bool':
             kwargs.update(nargs='?', const='true')  # `--vc-insecure` alone, or `--leader-elect=false`
-        parser.add_argument('--' + f.name.replace('_', '-'), metavar=f.name.split('_')[-1].upper(), **kwargs)
+        metavar = _public(f.name).split('-')[-1].upper()
+        if meta['unit'] == 's':
+            metavar = 'DURATION'
+        elif str(f.type).startswith('tuple'):
+            metavar = 'PATHS' if 'paths' in f.name else 'KEYS'
+        parser.add_argument(flag_name(f.name), dest=f.name, metavar=metavar, help=help_text, **kwargs)
+        for alias in meta['aliases']:
+            parser.add_argument(f'--{alias}', dest=_alias_dest(f.name, alias), help=argparse.SUPPRESS, **kwargs)
+
+
+def _raw_value(args: argparse.Namespace, env: Mapping[str, str], f: Field[Any]) -> tuple[Any, str]:
+    """(the raw value of field `f`, the name it came from, or ''): the flag, a former flag, the variable, a former
+    variable. An empty variable is unset (a ConfigMap lists them all)."""
+    if (raw := getattr(args, f.name, None)) is not None:
+        return raw, flag_name(f.name)
+    for alias in f.metadata['aliases']:
+        if (raw := getattr(args, _alias_dest(f.name, alias), None)) is not None:
+            return raw, f'--{alias}'
+    if raw := env.get(env_name(f.name)):
+        return raw, env_name(f.name)
+    for alias in f.metadata['aliases']:
+        old = 'VMWATCH_' + alias.upper().replace('-', '_')
+        if raw := env.get(old):
+            return raw, old
+    return None, ''
+
+
+def deprecated_names(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per former flag or variable that was given (used or overridden), naming its replacement."""
+    env = os.environ if environ is None else environ
+    found = []
+    for f in fields(ServiceSettings):
+        for alias in f.metadata['aliases']:
+            old_env = 'VMWATCH_' + alias.upper().replace('-', '_')
+            note = _ALIAS_NOTES.get(alias, '')
+            if getattr(args, _alias_dest(f.name, alias), None) is not None:
+                found.append(f'--{alias} is deprecated ({DEPRECATED_BY}): use {flag_name(f.name)}{note}')
+            if env.get(old_env):
+                found.append(f'{old_env} is deprecated ({DEPRECATED_BY}): use {env_name(f.name)}{note}')
+    return found
 
 
 def load_service_settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServiceSettings:
-    """Flags over VMWATCH_* environment variables over defaults; SettingsError on a bad value.
+    """Flags over VMWATCH_* environment variables over defaults; SettingsError on a bad value. A former name of a
+    renamed setting counts below its new name (`deprecated_names` says which were given).
 
-    An empty environment variable counts as unset, so deploy/base/configmap.yaml can list every setting."""
+    An empty environment variable counts as unset, so deploy/base/settings.env can list every setting."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(ServiceSettings):
-        raw = getattr(args, f.name, None)
-        if raw is None:
-            raw = env.get(_env_name(f.name)) or None  # an empty variable is unset (a ConfigMap lists them all)
+        raw, _source = _raw_value(args, env, f)
         if raw is None:
             continue
         value = _convert(f.name, str(raw), f.type, f.metadata['unit'])
@@ -558,8 +719,9 @@ def load_service_settings(args: argparse.Namespace, environ: Mapping[str, str] |
         if choices and all(c.isupper() for c in choices):
             value = value.upper()
         if choices and value not in choices:
-            raise SettingsError(
-                f'{_env_name(f.name)} / --{f.name.replace("_", "-")}: {value!r} is not one of {choices}'
-            )
+            raise SettingsError(f'{env_name(f.name)} / {flag_name(f.name)}: {value!r} is not one of {choices}')
         values[f.name] = value
     return ServiceSettings(**values)
+
+
+_FIELDS: dict[str, Field[Any]] = {f.name: f for f in fields(ServiceSettings)}

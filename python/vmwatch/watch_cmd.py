@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """`vmwatch watch`: the watcher alone, no Kubernetes. One JSON line per signal on stdout.
 
-    vmwatch watch --server https://vc.example.com/sdk --user u --password-file pw \\
-        --ca-file vc-ca.pem --container Folder:group-v3
+    vmwatch watch --vc-url https://vc.example.com/sdk --vc-user u --vc-password-file pw \\
+        --vc-ca-file vc-ca.pem --container Folder:group-v3
 
 Each line: namespace, name, moref, kind (enter/modify/leave), reason, changed (property paths). Without
 Kubernetes nothing is verified, so a VM signals when its extraConfig carries "namespace/name". Runs
@@ -53,23 +53,32 @@ def add_parser(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument('--server', default=None, metavar='URL', help='vCenter SDK URL (env VMWATCH_VC_URL)')
-    p.add_argument('--user', default=None, help='vCenter user (env VMWATCH_VC_USER)')
+    p.add_argument('--vc-url', default=None, metavar='URL', help='vCenter SDK URL (env VMWATCH_VC_URL)')
+    p.add_argument('--vc-user', default=None, metavar='USER', help='vCenter user (env VMWATCH_VC_USER)')
     p.add_argument(
-        '--password-file',
+        '--vc-password-file',
         type=Path,
         default=None,
         metavar='FILE',
         help='file holding the password, read on every login (env VMWATCH_VC_PASSWORD_FILE)',
     )
     tls = p.add_mutually_exclusive_group()
-    tls.add_argument('--ca-file', type=Path, default=None, metavar='FILE', help='CA bundle (env VMWATCH_VC_CA_FILE)')
+    tls.add_argument('--vc-ca-file', type=Path, default=None, metavar='FILE', help='CA bundle (env VMWATCH_VC_CA_FILE)')
     tls.add_argument(
-        '--thumbprint', default=None, help='SHA-256 of the certificate, AA:BB:... (env VMWATCH_VC_THUMBPRINT)'
+        '--vc-thumbprint',
+        default=None,
+        metavar='THUMBPRINT',
+        help='SHA-256 of the certificate, AA:BB:... (env VMWATCH_VC_THUMBPRINT)',
     )
     tls.add_argument(
-        '--insecure', action='store_true', default=None, help='skip TLS verification (env VMWATCH_VC_INSECURE)'
+        '--vc-insecure', action='store_true', default=None, help='skip TLS verification (env VMWATCH_VC_INSECURE)'
     )
+    for new, old in _FORMER.items():  # the names before `run`'s vocabulary: accepted, hidden, logged as deprecated
+        group = tls if new in ('vc_ca_file', 'vc_thumbprint', 'vc_insecure') else p
+        kwargs: dict[str, Any] = {'action': 'store_true'} if new == 'vc_insecure' else {}
+        if new in ('vc_password_file', 'vc_ca_file'):
+            kwargs['type'] = Path
+        group.add_argument(f'--{old}', dest=f'_former_{new}', default=None, help=argparse.SUPPRESS, **kwargs)
     p.add_argument(
         '--container',
         action='append',
@@ -94,26 +103,49 @@ def add_parser(subparsers: Any) -> None:
         action='append',
         default=None,
         metavar='KEY',
-        help='extraConfig key to ignore on top of the defaults; repeatable (env VMWATCH_ADDITIONAL_IGNORED_KEYS)',
+        help='extraConfig key to ignore on top of the defaults; repeatable (env VMWATCH_IGNORED_EXTRA_CONFIG_KEYS_ADD)',
     )
     p.set_defaults(func=run)
+
+
+_FORMER = {
+    'vc_url': 'server',
+    'vc_user': 'user',
+    'vc_password_file': 'password-file',
+    'vc_ca_file': 'ca-file',
+    'vc_thumbprint': 'thumbprint',
+    'vc_insecure': 'insecure',
+}
+"""`vmwatch watch`'s flags before it spoke `run`'s vocabulary (issue 14) -> their former names."""
+
+
+def _former_names(args: argparse.Namespace) -> None:
+    """Fold the former flags into the new ones (a new flag wins), logging one deprecation warning for each given."""
+    for new, old in _FORMER.items():
+        value = getattr(args, f'_former_{new}', None)
+        if value is None:
+            continue
+        log.warning('--%s is deprecated (issue 14): use --%s', old, new.replace('_', '-'))
+        if getattr(args, new, None) is None:
+            setattr(args, new, value)
 
 
 def _options(args: argparse.Namespace) -> tuple[Endpoint, dict[MoRef, list[str]], WatchSettings, FilterSettings]:
     """Flags over VMWATCH_* variables; SettingsError (or ValueError from Endpoint) when unusable."""
     from vmwatch.vsphere.session import Endpoint
 
-    url = args.server or _env('VMWATCH_VC_URL')
-    user = args.user or _env('VMWATCH_VC_USER')
-    password_file = args.password_file or (Path(p) if (p := _env('VMWATCH_VC_PASSWORD_FILE')) else None)
+    _former_names(args)
+    url = args.vc_url or _env('VMWATCH_VC_URL')
+    user = args.vc_user or _env('VMWATCH_VC_USER')
+    password_file = args.vc_password_file or (Path(p) if (p := _env('VMWATCH_VC_PASSWORD_FILE')) else None)
     if not url or not user or password_file is None:
         raise SettingsError(
-            '--server, --user and --password-file are required (or VMWATCH_VC_URL, _USER, _PASSWORD_FILE)'
+            '--vc-url, --vc-user and --vc-password-file are required (or VMWATCH_VC_URL, _USER, _PASSWORD_FILE)'
         )
-    tls_flags = args.ca_file is not None or args.thumbprint is not None or args.insecure is not None
-    ca_file = args.ca_file or (None if tls_flags else (Path(c) if (c := _env('VMWATCH_VC_CA_FILE')) else None))
-    thumbprint = args.thumbprint or (None if tls_flags else _env('VMWATCH_VC_THUMBPRINT') or None)
-    insecure = bool(args.insecure) or (
+    tls_flags = args.vc_ca_file is not None or args.vc_thumbprint is not None or args.vc_insecure is not None
+    ca_file = args.vc_ca_file or (None if tls_flags else (Path(c) if (c := _env('VMWATCH_VC_CA_FILE')) else None))
+    thumbprint = args.vc_thumbprint or (None if tls_flags else _env('VMWATCH_VC_THUMBPRINT') or None)
+    insecure = bool(args.vc_insecure) or (
         not tls_flags and parse_bool('VMWATCH_VC_INSECURE', _env('VMWATCH_VC_INSECURE', 'false'))
     )
     endpoint = Endpoint(
@@ -134,8 +166,9 @@ def _options(args: argparse.Namespace) -> tuple[Endpoint, dict[MoRef, list[str]]
         raise SettingsError(f'VMWATCH_MAX_WAIT_S / VMWATCH_MAX_OBJECT_UPDATES: {e}') from None
     check_number('max_wait_s', max_wait, 1, 3600)  # the bounds of `vmwatch run`
     check_number('max_object_updates', max_objects, 1, 100_000)
-    check_ca_file('--ca-file', endpoint.ca_file)
-    keys = args.ignore_key or [k for k in _env('VMWATCH_ADDITIONAL_IGNORED_KEYS').split(',') if k.strip()]
+    check_ca_file('--vc-ca-file', endpoint.ca_file)
+    raw_keys = _env('VMWATCH_IGNORED_EXTRA_CONFIG_KEYS_ADD') or _env('VMWATCH_ADDITIONAL_IGNORED_KEYS')
+    keys = args.ignore_key or [k for k in raw_keys.split(',') if k.strip()]
     return (
         endpoint,
         containers,

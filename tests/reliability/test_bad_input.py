@@ -23,7 +23,7 @@ import pytest
 
 from vmwatch import cli
 from vmwatch.devenv import KubeServer, VcsimServer
-from vmwatch.settings import ServiceSettings
+from vmwatch.settings import ServiceSettings, flag_name
 from vmwatch.vsphere import Endpoint, Session
 from vmwatch.vsphere import inventory as inv
 
@@ -69,7 +69,7 @@ def test_b3_every_numeric_setting_refuses_zero_negative_nan_inf_and_absurd(
     monkeypatch.setattr(root, 'level', root.level)
     refused = 0
     for name in NUMERIC:
-        flag = '--' + name.replace('_', '-')
+        flag = flag_name(name)
         values = ['-1', 'nan', 'inf', '-inf', '1e12'] + ([] if name in ZERO_MEANS_OFF else ['0'])
         for value in values:
             assert cli.main(['run', f'{flag}={value}']) == 2, (flag, value)  # the CLI's own code, in-process
@@ -78,7 +78,7 @@ def test_b3_every_numeric_setting_refuses_zero_negative_nan_inf_and_absurd(
             refused += 1
     # the flags of `vmwatch watch`, and two cases as separate processes
     for args in (['--max-wait-s', '0'], ['--max-wait-s', '99999'], ['--max-object-updates', '-5']):
-        proc = _run(['watch', '--server', 'https://127.0.0.1:1/sdk', '--user', 'u', '--password-file',
+        proc = _run(['watch', '--vc-url', 'https://127.0.0.1:1/sdk', '--vc-user', 'u', '--vc-password-file',
                      base_env['VMWATCH_VC_PASSWORD_FILE'], '--container', 'Folder:group-v3', *args], {})  # fmt: skip
         _one_line_exit_2(proc, names=args[0])
     _one_line_exit_2(_run(['run', '--restart-initial-s', '0'], base_env), names='--restart-initial-s')
@@ -112,8 +112,8 @@ def test_c1_watch_at_debug_never_shows_the_session_key(vcsim: VcsimServer, tmp_p
         err_path = tmp_path / 'watch.err'
         with err_path.open('wb') as err:
             proc = subprocess.Popen(
-                [*VMWATCH, '--log-level', 'DEBUG', 'watch', '--server', vcsim.url, '--user', vcsim.user,
-                 '--password-file', str(vcsim.password_file), '--ca-file', str(vcsim.ca_file),
+                [*VMWATCH, '--log-level', 'DEBUG', 'watch', '--vc-url', vcsim.url, '--vc-user', vcsim.user,
+                 '--vc-password-file', str(vcsim.password_file), '--vc-ca-file', str(vcsim.ca_file),
                  '--container', str(folder)],
                 stdout=subprocess.PIPE, stderr=err,
             )  # fmt: skip
@@ -142,7 +142,9 @@ def test_c1_watch_at_debug_never_shows_the_session_key(vcsim: VcsimServer, tmp_p
     url = f'https://admin:{secret}@127.0.0.1:1/sdk'
     pw = tmp_path / 'pw'
     pw.write_text('x\n')
-    watch = _run(['watch', '--server', url, '--user', 'u', '--password-file', str(pw), '--container', 'Folder:f'], {})
+    watch = _run(
+        ['watch', '--vc-url', url, '--vc-user', 'u', '--vc-password-file', str(pw), '--container', 'Folder:f'], {}
+    )
     run = _run(['run', '--vc-url', url, '--vc-user', 'u', '--vc-password-file', str(pw)], {})
     for proc in (watch, run):
         _one_line_exit_2(proc, names='user info')
@@ -150,7 +152,7 @@ def test_c1_watch_at_debug_never_shows_the_session_key(vcsim: VcsimServer, tmp_p
     recorder.record(
         'C1',
         did='`vmwatch --log-level DEBUG watch` against vcsim logs the collector id redacted; the session key '
-        '(read from vcsim) is nowhere in stdout or stderr; `watch --server` / `run --vc-url` with user:password '
+        '(read from vcsim) is nowhere in stdout or stderr; `watch --vc-url` / `run --vc-url` with user:password '
         'exit 2 without echoing the password',
         lost=0,
         test='test_bad_input.py::test_c1_watch_at_debug_never_shows_the_session_key',
@@ -163,23 +165,30 @@ def test_c2_no_traceback_for_bad_input(
     real = {**base_env, 'VMWATCH_KUBECONFIG': str(kube_server.kubeconfig)}
     garbage = tmp_path / 'garbage.pem'
     garbage.write_text('-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n')
-    watch = ['watch', '--server', 'https://127.0.0.1:1/sdk', '--user', 'u', '--password-file',
+    watch = ['watch', '--vc-url', 'https://127.0.0.1:1/sdk', '--vc-user', 'u', '--vc-password-file',
              base_env['VMWATCH_VC_PASSWORD_FILE'], '--container', 'Folder:group-v3']  # fmt: skip
     busy = socket.socket()
     busy.bind(('127.0.0.1', 0))
     busy.listen()
     port_in_use = busy.getsockname()[1]
     cases: list[tuple[list[str], dict[str, str], str]] = [
-        (['run', '--health-addr', '127.0.0.1:notaport'], real, '--health-addr'),
-        (['run', '--health-addr', '127.0.0.1:70000'], real, '--health-addr'),
-        (['run', '--health-addr', 'no-such-host.invalid:8081'], real, '--health-addr'),
-        (['run', '--health-addr', f'127.0.0.1:{port_in_use}'], real, '--health-addr'),
+        (['run', '--health-probe-bind-address', '127.0.0.1:notaport'], real, '--health-probe-bind-address'),
+        (['run', '--health-probe-bind-address', '127.0.0.1:70000'], real, '--health-probe-bind-address'),
+        (['run', '--health-probe-bind-address', 'no-such-host.invalid:8081'], real, '--health-probe-bind-address'),
+        (['run', '--health-probe-bind-address', f'127.0.0.1:{port_in_use}'], real, '--health-probe-bind-address'),
+        (['run', '--metrics-bind-address', '127.0.0.1:notaport'], real, '--metrics-bind-address'),
+        (
+            ['run', '--health-probe-bind-address', '127.0.0.1:0', '--metrics-bind-address', f'127.0.0.1:{port_in_use}'],
+            real,
+            '--metrics-bind-address',
+        ),  # fmt: skip
+        (['run', '--watched-paths-remove', 'guest.net'], real, '--watched-paths-remove'),
         (['--log-level', 'bogus', 'decode', 'x'], {}, '--log-level'),
         (['run', '--log-level', 'bogus'], real, '--log-level'),
         (['run', '--vc-ca-file', str(tmp_path / 'missing.pem')], real, '--vc-ca-file'),
         (['run', '--vc-ca-file', str(garbage)], real, '--vc-ca-file'),
-        ([*watch, '--ca-file', str(tmp_path / 'missing.pem')], {}, '--ca-file'),
-        ([*watch, '--ca-file', str(garbage)], {}, '--ca-file'),
+        ([*watch, '--vc-ca-file', str(tmp_path / 'missing.pem')], {}, '--vc-ca-file'),
+        ([*watch, '--vc-ca-file', str(garbage)], {}, '--vc-ca-file'),
         (['run', '--cache-ttl-s', 'nan'], real, '--cache-ttl-s'),
         (['run', '--workers', 'many'], real, '--workers'),
         (['run', '--vc-thumbprint', 'AA:BB'], real, '--vc-thumbprint'),
@@ -197,7 +206,8 @@ def test_c2_no_traceback_for_bad_input(
         busy.close()
     recorder.record(
         'C2',
-        did=f'{len(cases)} kinds of bad input through the real CLI (a bad or busy --health-addr, --log-level bogus, '
+        did=f'{len(cases)} kinds of bad input through the real CLI (a bad or busy probe or metrics address, '
+        'a removal of a path not watched, --log-level bogus, '
         'a missing or garbage CA file, NaN and garbage numbers, a bad thumbprint or annotation, unknown '
         'commands): each exits 2 with one line on stderr naming the flag, no traceback',
         lost=0,

@@ -75,7 +75,7 @@ def first_wait_after(p: RunProcess, since: float) -> float | None:
 
 
 def metric(p: RunProcess, name: str) -> float:
-    _code, text = http_get(f'{p.base}/metrics')
+    _code, text = http_get(f'{p.metrics_base}/metrics')
     for ln in text.splitlines():
         if ln.startswith(name + ' ') or ln.startswith(name + '{'):
             return float(ln.rsplit(' ', 1)[1])
@@ -106,7 +106,7 @@ def fleet(kube_server: KubeServer, kube_api: client.ApiClient, vcsim_factory: An
         'spec': {'availabilityZoneReference': {'apiVersion': 'v1', 'name': 'a'},
                  'managedVMs': {'folderMoID': folder.value}},
     })  # fmt: skip
-    env = run_env_vars(vc, kube_server.kubeconfig, namespace, VMWATCH_LEASE_DURATION_S=str(LEASE_S),
+    env = run_env_vars(vc, kube_server.kubeconfig, namespace, VMWATCH_LEADER_ELECT_LEASE_DURATION=str(LEASE_S),
                        VMWATCH_CHECKPOINT_INTERVAL_S=str(CHECKPOINT_S))  # fmt: skip
     procs: list[RunProcess] = []
 

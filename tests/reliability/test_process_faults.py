@@ -70,7 +70,7 @@ def test_a4_stdout_reader_gone_or_stuck(run_env: Any, recorder: Recorder) -> Non
             run_env.named_vm(name)
             run_env.vm_change(i, {'vmservice.namespacedName': f'{ns}/{name}'})
         # one request is stuck in the write, the others wait in the queue
-        wait_until(lambda: _metric(p.base, 'workqueue_depth{name="virtualmachine"}') >= 1, 'requests queued')
+        wait_until(lambda: _metric(p.metrics_base, 'workqueue_depth{name="virtualmachine"}') >= 1, 'requests queued')
         assert http_get(f'{p.base}/readyz') == (200, 'watching\n')  # a stuck write does not block the process
         t0 = time.monotonic()
         p.proc.send_signal(signal.SIGTERM)

@@ -150,7 +150,7 @@ def sites(
     vcenters_file = tmp_path / 'vcenters.yaml'
     vcenters_file.write_text(yaml.safe_dump({'vcenters': entries}))
     env = run_env_vars(next(iter(vcsims.values())), kube_server.kubeconfig, namespace,
-                       VMWATCH_LEASE_DURATION_S=str(LEASE_S), VMWATCH_CHECKPOINT_INTERVAL_S='1',
+                       VMWATCH_LEADER_ELECT_LEASE_DURATION=str(LEASE_S), VMWATCH_CHECKPOINT_INTERVAL_S='1',
                        VMWATCH_VCENTERS_FILE=str(vcenters_file))  # fmt: skip
     for key in [k for k in env if k.startswith('VMWATCH_VC_')]:
         del env[key]

@@ -42,9 +42,10 @@ def run_env_vars(vc: Any, kubeconfig: Path, lease_namespace: str, **overrides: s
         'VMWATCH_KUBECONFIG': str(kubeconfig),
         'VMWATCH_LEASE_NAMESPACE': lease_namespace,
         'VMWATCH_MAX_WAIT_S': '5',
-        'VMWATCH_LEASE_DURATION_S': '3',
-        'VMWATCH_RENEW_DEADLINE_S': '2',
-        'VMWATCH_RETRY_PERIOD_S': '0.25',
+        'VMWATCH_LEADER_ELECT_LEASE_DURATION': '3s',
+        'VMWATCH_LEADER_ELECT_RENEW_DEADLINE': '2s',
+        'VMWATCH_LEADER_ELECT_RETRY_PERIOD': '250ms',
+        'VMWATCH_METRICS_BIND_ADDRESS': '0',  # off unless a test gives it a port (never 0.0.0.0:8080 in a test)
         'VMWATCH_LOG_LEVEL': 'DEBUG',
         **overrides,
     }

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,19 +27,30 @@ from vmwatch.vsphere import inventory as inv
 class RunProcess:
     """One `vmwatch run` child process; stdout (JSON lines) and stderr (logs) go to files."""
 
-    def __init__(self, tmp: Path, name: str, env: dict[str, str], *, stdout: int | None = None) -> None:
+    def __init__(
+        self, tmp: Path, name: str, env: dict[str, str], *, stdout: int | None = None, flags: list[str] | None = None
+    ) -> None:
         self.health_port = free_port()
+        self.metrics_port = free_port()
         self.out_path = tmp / f'{name}.out'
         self.err_path = tmp / f'{name}.err'
         self._out: IO[bytes] = self.out_path.open('wb')
         self._err: IO[bytes] = self.err_path.open('wb')
-        cmd = [sys.executable, '-m', 'vmwatch.cli', 'run', '--health-addr', f'127.0.0.1:{self.health_port}']
+        if flags is None:  # the probes and /metrics on ports of their own, as in a pod
+            flags = [f'--health-probe-bind-address=127.0.0.1:{self.health_port}',
+                     f'--metrics-bind-address=127.0.0.1:{self.metrics_port}']  # fmt: skip
+        cmd = [sys.executable, '-m', 'vmwatch.cli', 'run', *flags]
         out = self._out if stdout is None else stdout  # e.g. the write end of a pipe the test reads (or not)
         self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=out, stderr=self._err)
 
     @property
     def base(self) -> str:
+        """The probes: /healthz, /readyz."""
         return f'http://127.0.0.1:{self.health_port}'
+
+    @property
+    def metrics_base(self) -> str:
+        return f'http://127.0.0.1:{self.metrics_port}'
 
     def lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.out_path.read_text().splitlines() if line.strip()]
@@ -81,8 +93,8 @@ def run_env(
     env = run_env_vars(vcsim, kube_server.kubeconfig, namespace)
     procs: list[RunProcess] = []
 
-    def start(name: str, stdout: int | None = None, **extra: str) -> RunProcess:
-        p = RunProcess(tmp_path, name, {**env, **extra}, stdout=stdout)
+    def start(name: str, stdout: int | None = None, flags: list[str] | None = None, **extra: str) -> RunProcess:
+        p = RunProcess(tmp_path, name, {**env, **extra}, stdout=stdout, flags=flags)
         procs.append(p)
         return p
 
@@ -116,15 +128,19 @@ def run_env(
 
 
 def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
-    p = run_env.start('a')
+    p = run_env.start('a', VMWATCH_LIVENESS_STALL_S='1s')
     wait_until(lambda: http_get(f'{p.base}/healthz')[0] == 200, 'healthz')
     wait_until(lambda: http_get(f'{p.base}/readyz') == (200, 'watching\n'), 'readyz: watching')
+    time.sleep(1.5)  # longer than the stall limit: /healthz stays 200 only because the loop stamps its heartbeat
+    assert http_get(f'{p.base}/healthz') == (200, 'ok\n')
+    assert http_get(f'{p.base}/metrics')[0] == 404  # /metrics on its own port (--metrics-bind-address)
+    assert http_get(f'{p.metrics_base}/healthz')[0] == 404
     run_env.named_vm('vm-a')
     run_env.vm_change(0, {'vmservice.namespacedName': f'{run_env.namespace}/vm-a'})
     wait_until(lambda: any(line['name'] == 'vm-a' for line in p.lines()), 'a JSON line for vm-a')
     line = next(line for line in p.lines() if line['name'] == 'vm-a')
     assert line['namespace'] == run_env.namespace and isinstance(line['priority'], int)
-    code, metrics = http_get(f'{p.base}/metrics')
+    code, metrics = http_get(f'{p.metrics_base}/metrics')
     assert code == 200
     assert 'vmwatch_signals_total' in metrics and 'leader_election_master_status{name="vmwatch"} 1.0' in metrics
     values = {ln.split(' ')[0]: float(ln.split(' ')[1]) for ln in metrics.splitlines() if ln and not ln.startswith('#')}
@@ -169,7 +185,7 @@ def test_debug_logs_metrics_and_errors_never_show_a_secret(run_env: Any, tmp_pat
     vcsim.password_file.write_text(good)
     wait_until(lambda: http_get(f'{p.base}/readyz') == (200, 'watching\n'), 'watching again')
     cookies |= _other_sessions(session)
-    _code, metrics = http_get(f'{p.base}/metrics')
+    _code, metrics = http_get(f'{p.metrics_base}/metrics')
     _code, ready = http_get(f'{p.base}/readyz')
     assert p.stop() == 0
     logs = p.err_path.read_text()
@@ -204,9 +220,17 @@ def test_two_replicas_one_lease_failover(run_env: Any) -> None:
         ({'VMWATCH_KUBECONFIG': '{tmp}/garbage.yaml'}, 'cannot load the Kubernetes configuration'),
         ({'VMWATCH_KUBECONFIG': '{tmp}/no-context.yaml'}, 'cannot load the Kubernetes configuration'),
         ({'VMWATCH_VC_PASSWORD_FILE': ''}, 'VMWATCH_VC_PASSWORD_FILE is required'),
-        ({'VMWATCH_LEASE_DURATION_S': '1', 'VMWATCH_RENEW_DEADLINE_S': '2'}, 'shorter than --lease-duration-s'),
+        (
+            {'VMWATCH_LEADER_ELECT_LEASE_DURATION': '1s', 'VMWATCH_LEADER_ELECT_RENEW_DEADLINE': '2s'},
+            'shorter than --leader-elect-lease-duration',
+        ),  # fmt: skip
         ({'VMWATCH_SINK': 'kafka'}, "'kafka' is not one of"),
-        ({'VMWATCH_HEALTH_ADDR': '8081'}, 'is not host:port'),
+        ({'VMWATCH_HEALTH_PROBE_BIND_ADDRESS': '8081'}, '--health-probe-bind-address'),
+        ({'VMWATCH_METRICS_BIND_ADDRESS': '8080'}, '--metrics-bind-address'),
+        ({'VMWATCH_HEALTH_ADDR': '8081'}, '--health-probe-bind-address'),  # the former name, still read
+        ({'VMWATCH_WATCHED_PATHS_REMOVE': 'guest.net'}, "--watched-paths-remove: 'guest.net' is not watched"),
+        ({'VMWATCH_WATCHED_PATHS': 'guest.ipStack[0]'}, 'is not a property path'),
+        ({'VMWATCH_IGNORED_EXTRA_CONFIG_KEYS_REMOVE': 'nvram'}, "'nvram' is not ignored"),
     ],
 )
 def test_bad_settings_exit_2_with_one_message(tmp_path: Path, env: dict[str, str], message: str) -> None:
@@ -221,3 +245,49 @@ def test_bad_settings_exit_2_with_one_message(tmp_path: Path, env: dict[str, str
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_former_flag_and_variable_names_still_work_and_each_warns_once(run_env: Any) -> None:
+    """--health-addr and VMWATCH_LEASE_DURATION_S (renamed in issue 14): read, each logged once as deprecated;
+    /metrics on the probes' address shares their listener."""
+    port = free_port()
+    p = run_env.start('old', flags=['--health-addr', f'127.0.0.1:{port}'], VMWATCH_LEADER_ELECT_LEASE_DURATION='',
+                      VMWATCH_LEASE_DURATION_S='7', VMWATCH_METRICS_BIND_ADDRESS=f'127.0.0.1:{port}')  # fmt: skip
+    base = f'http://127.0.0.1:{port}'
+    wait_until(lambda: http_get(f'{base}/readyz') == (200, 'watching\n'), 'readyz: watching on --health-addr')
+    code, metrics = http_get(f'{base}/metrics')
+    assert code == 200 and 'leader_election_master_status{name="vmwatch"} 1.0' in metrics
+    lease = client.CoordinationV1Api(run_env.objects.api_client).read_namespaced_lease('vmwatch', run_env.namespace)
+    assert lease.spec.lease_duration_seconds == 7
+    warnings = [ln for ln in p.err_path.read_text().splitlines() if 'is deprecated' in ln]
+    assert len(warnings) == 2, warnings
+    assert any('--health-addr is deprecated (issue 14): use --health-probe-bind-address' in w for w in warnings)
+    assert any('VMWATCH_LEASE_DURATION_S is deprecated (issue 14): use VMWATCH_LEADER_ELECT_LEASE_DURATION' in w
+               for w in warnings)  # fmt: skip
+
+
+def _series_sum(p: RunProcess, prefix: str) -> float:
+    """The sum of every sample of the series named `prefix` (all labels) on p's /metrics."""
+    _code, text = http_get(f'{p.metrics_base}/metrics')
+    return sum(float(ln.rsplit(' ', 1)[1]) for ln in text.splitlines() if ln.startswith(prefix + '{'))
+
+
+def test_an_added_ignored_key_reaches_the_decider(run_env: Any) -> None:
+    """VMWATCH_IGNORED_EXTRA_CONFIG_KEYS_ADD (and a watched path removed) as a user sets them: a change of only the
+    added key signals nothing, a change of a kept key next to it still does."""
+    ns = run_env.namespace
+    p = run_env.start('a', VMWATCH_IGNORED_EXTRA_CONFIG_KEYS_ADD='vmwatch.test.noise',
+                      VMWATCH_WATCHED_PATHS_REMOVE='summary.overallStatus')  # fmt: skip
+    wait_until(lambda: http_get(f'{p.base}/readyz') == (200, 'watching\n'), 'watching')
+    run_env.named_vm('vm-a')
+    run_env.vm_change(0, {'vmservice.namespacedName': f'{ns}/vm-a', 'vmwatch.test.noise': '1'})
+    wait_until(lambda: any(line['name'] == 'vm-a' for line in p.lines()), 'a JSON line for vm-a')
+    vm = inv.vms_under(run_env.session, inv.vm_folder(run_env.session))[0][0]
+    signals = _series_sum(p, 'vmwatch_signals_total')
+    skipped = _series_sum(p, 'vmwatch_skipped_total')
+    inv.set_extra_config(run_env.session, vm, {'vmwatch.test.noise': '2'})
+    wait_until(lambda: _series_sum(p, 'vmwatch_skipped_total') > skipped, 'the noise change decided (skipped)')
+    assert _series_sum(p, 'vmwatch_signals_total') == signals
+    inv.set_extra_config(run_env.session, vm, {'guestinfo.userdata': 'e30='})
+    wait_until(lambda: _series_sum(p, 'vmwatch_signals_total') > signals, 'the kept key signals')
+    assert p.stop() == 0

@@ -58,7 +58,7 @@ def test_disabled_run_is_idle_and_lets_zones_go(run_env: Any) -> None:  # noqa: 
     assert off.proc.poll() is None, 'the disabled process exited'
     assert off.lines() == []  # nothing emitted while disabled
     assert http_get(f'{off.base}/readyz') == (200, 'idle: async signal disabled\n')
-    _code, metrics = http_get(f'{off.base}/metrics')
+    _code, metrics = http_get(f'{off.metrics_base}/metrics')
     values = {ln.split(' ')[0]: ln.split(' ')[1] for ln in metrics.splitlines() if ln and not ln.startswith('#')}
     assert float(values.get('vmwatch_batches_total', '0')) == 0, metrics
     assert off.stop() == 0

@@ -28,6 +28,7 @@ from kubernetes import client
 from kubernetes import config as kconfig
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
+from kustomize_lite import build
 from probes import http_get, wait_until
 
 from vmwatch.devenv import KubeServer, VcsimServer, free_port
@@ -45,12 +46,9 @@ FIELD_MANAGER = 'vmwatch-test'
 
 
 def base_manifests() -> list[dict[str, Any]]:
-    """Every object of the kustomize base, in kustomization.yaml's order (so the file list is checked too)."""
-    kustomization = yaml.safe_load((BASE / 'kustomization.yaml').read_text())
-    docs: list[dict[str, Any]] = []
-    for name in kustomization['resources']:
-        docs.extend(d for d in yaml.safe_load_all((BASE / name).read_text()) if d)
-    return docs
+    """Every object `kustomize build deploy/base` makes (kustomize_lite: the resources in kustomization.yaml's
+    order, then the generated ConfigMap, with the image tag set)."""
+    return build(BASE)
 
 
 def apply(dyn: DynamicClient, manifest: dict[str, Any], *, dry_run: bool) -> Any:
@@ -159,11 +157,14 @@ def _status(call: Callable[[], Any]) -> int:
 def test_every_manifest_passes_server_side_dry_run(rbac_cluster: RbacCluster) -> None:
     kinds = {kind for kind, _ in rbac_cluster.dry_run_results}
     assert {'Namespace', 'ServiceAccount', 'ClusterRole', 'ClusterRoleBinding', 'Role', 'RoleBinding', 'ConfigMap',
-            'Deployment', 'CustomResourceDefinition'} <= kinds  # fmt: skip
+            'Deployment', 'PodDisruptionBudget', 'Service', 'CustomResourceDefinition'} <= kinds  # fmt: skip
     # dry-run persisted nothing: the Deployment and the ConfigMap were never created for real
     apps: Any = client.AppsV1Api(rbac_cluster.admin)
     assert _status(lambda: apps.read_namespaced_deployment('vmwatch', NAMESPACE)) == 404
-    assert _status(lambda: client.CoreV1Api(rbac_cluster.admin).read_namespaced_config_map('vmwatch', NAMESPACE)) == 404
+    (configmap,) = [name for kind, name in rbac_cluster.dry_run_results if kind == 'ConfigMap']
+    assert configmap.startswith('vmwatch-')  # the generator's name, with its content hash
+    core: Any = client.CoreV1Api(rbac_cluster.admin)
+    assert _status(lambda: core.read_namespaced_config_map(configmap, NAMESPACE)) == 404
 
 
 @pytest.mark.servers
@@ -256,10 +257,11 @@ def test_run_under_the_service_account_annotates_a_named_vm(
         'VMWATCH_LEASE_NAMESPACE': NAMESPACE,
         'VMWATCH_SINK': 'annotate',
         'VMWATCH_MAX_WAIT_S': '5',
-        'VMWATCH_LEASE_DURATION_S': '3',
-        'VMWATCH_RENEW_DEADLINE_S': '2',
-        'VMWATCH_RETRY_PERIOD_S': '0.25',
-        'VMWATCH_HEALTH_ADDR': f'127.0.0.1:{port}',
+        'VMWATCH_LEADER_ELECT_LEASE_DURATION': '3s',
+        'VMWATCH_LEADER_ELECT_RENEW_DEADLINE': '2s',
+        'VMWATCH_LEADER_ELECT_RETRY_PERIOD': '250ms',
+        'VMWATCH_HEALTH_PROBE_BIND_ADDRESS': f'127.0.0.1:{port}',
+        'VMWATCH_METRICS_BIND_ADDRESS': '0',
     }
     env.pop('KUBECONFIG', None)
     err_path = tmp_path / 'run.err'

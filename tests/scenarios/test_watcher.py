@@ -30,7 +30,7 @@ from test_watcher_sim import Sim, signals_of, take
 
 from vmwatch import Index
 from vmwatch.devenv import VcsimServer
-from vmwatch.settings import FilterSettings, WatchSettings
+from vmwatch.settings import FilterSettings, ServiceSettings, WatchSettings
 from vmwatch.vsphere import MoRef, TransportError
 from vmwatch.watcher import AsyncSignalDisabledError, NoWatcherError, Watcher, WatcherSlot
 
@@ -316,3 +316,24 @@ async def test_22_slot_with_a_running_watcher_adds_and_clears_itself(sim: Sim) -
     assert slot.watcher is None
     with pytest.raises(NoWatcherError):
         await slot.add(sim.c2, 'ns/zone')
+
+
+# -- issue 14: the lists as settings -------------------------------------------------------------------------
+
+
+async def test_settings_lists_reach_the_property_filter_and_the_decider(named_c1vm1: Sim) -> None:
+    """`--watched-paths config.extraConfig` leaves power state out of vCenter's filter (a power-on, which signals
+    with the defaults as in scenario 8, is not even reported), and `--ignored-extra-config-keys-add myNoise`
+    reaches the Decider (a change of that key alone is noise, a kept key next to it still signals)."""
+    sim = named_c1vm1
+    fs = ServiceSettings(watched_paths=('config.extraConfig',), ignored_extra_config_keys_add=('myNoise',))
+    async with after_7(sim, filter_settings=fs.filter_settings()) as w:
+        await sim.power_on('c1vm1')
+        await nothing_more(w)
+        await sim.reconfigure('c1vm1', myNoise='1')
+        await nothing_more(w)
+        await sim.reconfigure('c1vm1', myNoise='2', **{'guestinfo.fromTheGuest': '1.2.3.4'})
+        (s,) = await take(w, 1)
+        assert signals_of([s]) == [result('my-namespace-1', 'my-name-1', sim.moref('c1vm1'))]
+        assert s.changed == ('config.extraConfig',)
+        await nothing_more(w)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vmwatch import docs_gen
 from vmwatch.metrics import Metrics
-from vmwatch.settings import ServiceSettings
+from vmwatch.settings import ServiceSettings, env_name, flag_name
 
 DOCS = Path(__file__).resolve().parents[2] / 'docs'
 REGENERATE = 'regenerate with: python -m vmwatch.docs_gen docs'
@@ -26,8 +26,8 @@ def test_configuration_reference_is_generated_from_the_settings() -> None:
 def test_every_setting_is_documented_with_flag_and_env() -> None:
     text = docs_gen.configuration_markdown()
     for f in fields(ServiceSettings):
-        assert f'`--{f.name.replace("_", "-")}`' in text
-        assert f'`VMWATCH_{f.name.upper()}`' in text
+        assert f'`{flag_name(f.name)}`' in text
+        assert f'`{env_name(f.name)}`' in text
 
 
 def test_cli_help_snapshot_matches_vmwatch_run_help() -> None:
@@ -46,7 +46,7 @@ def test_docs_gen_check_mode(tmp_path: Path) -> None:
     assert docs_gen.main([*args, '--check']) == 1
     assert docs_gen.main(args) == 0
     assert docs_gen.main([*args, '--check']) == 0
-    assert (tmp_path / 'deploy' / 'configmap.yaml').read_text() == docs_gen.configmap_yaml()
+    assert (tmp_path / 'deploy' / 'settings.env').read_text() == docs_gen.settings_env()
 
 
 _SUFFIXES = {'counter': ('_total',), 'histogram': ('_bucket', '_sum', '_count'), 'gauge': ('',)}

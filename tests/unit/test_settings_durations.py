@@ -8,7 +8,7 @@ from dataclasses import fields
 
 import pytest
 
-from vmwatch.settings import ServiceSettings, SettingsError, load_service_settings, parse_duration
+from vmwatch.settings import ServiceSettings, SettingsError, env_name, load_service_settings, parse_duration
 
 BASE = {'VMWATCH_VC_URL': 'https://vc.example.com/sdk', 'VMWATCH_VC_USER': 'u', 'VMWATCH_VC_PASSWORD_FILE': '/pw'}
 
@@ -36,7 +36,7 @@ def test_every_seconds_setting_takes_a_duration_from_the_environment_and_flags()
     seconds = [f for f in fields(ServiceSettings) if f.metadata['unit'] == 's']
     assert len(seconds) >= 10
     for f in seconds:
-        got = getattr(load(**{f'VMWATCH_{f.name.upper()}': '1m30s'}), f.name)
+        got = getattr(load(**{env_name(f.name): '1m30s'}), f.name)
         assert got == 90 and type(got) is (int if str(f.type) == 'int' else float), f.name
     flags = argparse.Namespace(lease_duration_s='2m', renew_deadline_s='90s')
     s = load_service_settings(flags, BASE)
@@ -46,11 +46,12 @@ def test_every_seconds_setting_takes_a_duration_from_the_environment_and_flags()
 
 def test_a_bad_duration_is_one_clear_error() -> None:
     with pytest.raises(
-        SettingsError, match=r"VMWATCH_LEASE_DURATION_S / --lease-duration-s: '15 seconds' is not a valid duration"
+        SettingsError,
+        match=r"VMWATCH_LEADER_ELECT_LEASE_DURATION / --leader-elect-lease-duration: '15 seconds' is not a valid",
     ):
-        load(VMWATCH_LEASE_DURATION_S='15 seconds')
+        load(VMWATCH_LEADER_ELECT_LEASE_DURATION='15 seconds')
     for bad in ('1.5s', 'inf', 'nan', '-inf'):
         with pytest.raises(SettingsError, match='whole seconds'):
             load(VMWATCH_MAX_WAIT_S=bad)
     with pytest.raises(SettingsError, match='renew-deadline'):
-        load(VMWATCH_LEASE_DURATION_S='10s', VMWATCH_RENEW_DEADLINE_S='1m').validate()
+        load(VMWATCH_LEADER_ELECT_LEASE_DURATION='10s', VMWATCH_LEADER_ELECT_RENEW_DEADLINE='1m').validate()

@@ -7,6 +7,8 @@ copied here from the spec by hand (not from settings.py), so any edit of either 
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 import pytest
@@ -143,6 +145,51 @@ def test_default_ignored_keys_are_exactly_the_46_of_spec_2_2() -> None:
     assert 'scsi0:7.redo' not in DEFAULT_IGNORED_EXTRA_CONFIG_KEYS  # not a typo in the spec: no :7
     assert not set(MUST_NOT_IGNORE) & set(DEFAULT_IGNORED_EXTRA_CONFIG_KEYS)
     assert len(MUST_NOT_IGNORE) == 6 + 4 + 10 + 2 + 16 + 4 + 2
+
+
+SPEC_EXCERPT = Path(__file__).resolve().parents[1] / 'data' / 'spec-2.1-2.2.md'
+SHARED_SPEC = Path('/work/shared/spec.md')  # the project's spec, where it is checked out next to the tree
+
+
+def _spec_section(text: str, number: str) -> str:
+    start = text.index(f'### {number} ')
+    end = text.find('\n##', start + 1)
+    return text[start : len(text) if end < 0 else end].rstrip()
+
+
+def _spec_list(section: str) -> tuple[list[str], int]:
+    """The entries of a section's code blocks in order (notes in parentheses dropped, several entries on one line
+    split), and the count its heading announces."""
+    announced = int(re.search(r'(\d+) (?:paths|keys)', section.splitlines()[0]).group(1))  # type: ignore[union-attr]
+    entries = []
+    for block in re.findall(r'```\n(.*?)```', section, re.S):
+        for line in block.splitlines():
+            entries.extend(re.sub(r'\([^)]*\)', ' ', line).split())
+    return entries, announced
+
+
+def test_the_defaults_are_the_lists_parsed_out_of_spec_2_1_and_2_2() -> None:
+    """Read from the spec's own text (not the hand copies above): the same entries, the same order, the announced
+    counts, and no duplicate."""
+    text = SPEC_EXCERPT.read_text()
+    paths, n_paths = _spec_list(_spec_section(text, '2.1'))
+    keys, n_keys = _spec_list(_spec_section(text, '2.2'))
+    assert (len(paths), len(keys)) == (n_paths, n_keys) == (31, 46)
+    assert set(DEFAULT_WATCHED_PATHS) == set(paths) and list(DEFAULT_WATCHED_PATHS) == paths
+    assert set(DEFAULT_IGNORED_EXTRA_CONFIG_KEYS) == set(keys) and list(DEFAULT_IGNORED_EXTRA_CONFIG_KEYS) == keys
+    assert len(set(paths)) == len(paths) and len(set(keys)) == len(keys)
+    from vmwatch.settings import ServiceSettings
+
+    fs = ServiceSettings().filter_settings()  # what `vmwatch run` hands the Watcher and the Decider by default
+    assert list(fs.watched_paths) == paths and list(fs.all_ignored_keys()) == keys
+
+
+@pytest.mark.skipif(not SHARED_SPEC.exists(), reason='the project spec is not checked out next to this tree')
+def test_the_excerpt_is_the_spec_verbatim() -> None:
+    spec = SHARED_SPEC.read_text()
+    excerpt = SPEC_EXCERPT.read_text()
+    for number in ('2.1', '2.2'):
+        assert _spec_section(excerpt, number) == _spec_section(spec, number), number
 
 
 def body(version: int, kind: str, extra: dict[str, str]) -> bytes:
