@@ -55,7 +55,7 @@ RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/runtime.lock \
     && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vmwatch
 
 USER 10001:10001
-# /healthz, /readyz and /metrics (--health-addr, default :8081)
-EXPOSE 8081
+# /healthz and /readyz (--health-probe-bind-address, default :8081); /metrics (--metrics-bind-address, default :8080)
+EXPOSE 8080 8081
 ENTRYPOINT ["vmwatch"]
 CMD ["run"]

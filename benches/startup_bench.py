@@ -51,7 +51,7 @@ def closed_port() -> int:
 
 def commands(password_file: Path) -> dict[str, list[str]]:
     url = f'https://127.0.0.1:{closed_port()}/sdk'
-    watch = ['watch', '--server', url, '--user', 'u', '--password-file', str(password_file), '--insecure']
+    watch = ['watch', '--vc-url', url, '--vc-user', 'u', '--vc-password-file', str(password_file), '--vc-insecure']
     return {
         'vmwatch --help': ['--help'],
         'vmwatch run --help': ['run', '--help'],

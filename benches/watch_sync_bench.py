@@ -48,8 +48,8 @@ def peak_rss_bytes(pid: int) -> int:
 
 
 def watch_args(vc: Any, folder: str) -> list[str]:
-    return ['watch', '--server', vc.url, '--user', vc.user, '--password-file', str(vc.password_file),
-            '--ca-file', str(vc.ca_file), '--container', folder]  # fmt: skip
+    return ['watch', '--vc-url', vc.url, '--vc-user', vc.user, '--vc-password-file', str(vc.password_file),
+            '--vc-ca-file', str(vc.ca_file), '--container', folder]  # fmt: skip
 
 
 def run_once(

@@ -93,8 +93,8 @@ def test_watch_up_to_login_imports_pyvmomi_but_not_kubernetes(tmp_path: Path) ->
     password = tmp_path / 'password'
     password.write_text('p\n')
     code, _, err, loaded = _vmwatch(
-        'watch', '--server', f'https://127.0.0.1:{port}/sdk', '--user', 'u', '--password-file', str(password),
-        '--insecure', '--container', 'Folder:group-v3',
+        'watch', '--vc-url', f'https://127.0.0.1:{port}/sdk', '--vc-user', 'u', '--vc-password-file',
+        str(password), '--vc-insecure', '--container', 'Folder:group-v3',
     )  # fmt: skip
     assert code == 1, err
     assert err.splitlines()[-1].startswith('vmwatch watch: ') and 'Traceback' not in err
