@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -23,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson  # cheap (and loaded by vmwatch.logs anyway)
 
-from vmwatch.settings import FilterSettings, SettingsError, WatchSettings, check_ca_file, check_number, parse_bool
+from vmwatch.settings import (
+    FilterSettings,
+    SettingsError,
+    WatchSettings,
+    check_ca_file,
+    check_number,
+    parse_bool,
+    parse_duration,
+)
 from vmwatch.types import Kind
 from vmwatch.vsphere.refs import MoRef
 
@@ -88,9 +97,10 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         '--max-wait-s',
-        type=int,
         default=None,
-        help='WaitForUpdatesEx MaxWaitSeconds [s] (default 300; env VMWATCH_MAX_WAIT_S)',
+        metavar='DURATION',
+        help='WaitForUpdatesEx MaxWaitSeconds [whole seconds, or a duration: 30s, 5m] (default 5m; '
+        'env VMWATCH_MAX_WAIT_S)',
     )
     p.add_argument(
         '--max-object-updates',
@@ -130,6 +140,17 @@ def _former_names(args: argparse.Namespace) -> None:
             setattr(args, new, value)
 
 
+def _whole_seconds(name: str, raw: str) -> int:
+    """A Go-style duration (`30s`, `5m`) or plain seconds, as whole seconds; SettingsError otherwise."""
+    try:
+        seconds = parse_duration(str(raw))
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds != int(seconds):
+        raise SettingsError(f'{name}: {str(raw)[:40]!r} is not a duration of whole seconds (30s, 5m, or seconds)')
+    return int(seconds)
+
+
 def _options(args: argparse.Namespace) -> tuple[Endpoint, dict[MoRef, list[str]], WatchSettings, FilterSettings]:
     """Flags over VMWATCH_* variables; SettingsError (or ValueError from Endpoint) when unusable."""
     from vmwatch.vsphere.session import Endpoint
@@ -155,15 +176,15 @@ def _options(args: argparse.Namespace) -> tuple[Endpoint, dict[MoRef, list[str]]
     if not raw:
         raise SettingsError('at least one --container TYPE:ID is required (or VMWATCH_CONTAINERS)')
     containers = {MoRef.parse(c.strip()): [OWNER_ID] for c in raw}
+    max_wait = _whole_seconds('--max-wait-s / VMWATCH_MAX_WAIT_S', args.max_wait_s or _env('VMWATCH_MAX_WAIT_S', '300'))
     try:
-        max_wait = args.max_wait_s if args.max_wait_s is not None else int(_env('VMWATCH_MAX_WAIT_S', '300'))
         max_objects = (
             args.max_object_updates
             if args.max_object_updates is not None
             else int(_env('VMWATCH_MAX_OBJECT_UPDATES', '100'))
         )
     except ValueError as e:
-        raise SettingsError(f'VMWATCH_MAX_WAIT_S / VMWATCH_MAX_OBJECT_UPDATES: {e}') from None
+        raise SettingsError(f'VMWATCH_MAX_OBJECT_UPDATES: {e}') from None
     check_number('max_wait_s', max_wait, 1, 3600)  # the bounds of `vmwatch run`
     check_number('max_object_updates', max_objects, 1, 100_000)
     check_ca_file('--vc-ca-file', endpoint.ca_file)
