@@ -142,3 +142,18 @@ def test_vcenters_smoke(tmp_path: Path, kube_server: Any) -> None:
         assert sample['shards'] == row['vcenters'] and sample['queued'] == 0  # verified VMs: no request at start
         assert row['median_cpu_s'] > 0 and row['median_peak_rss_bytes'] > 0 and row['cache_index_bytes_per_vm'] > 0
     assert {'cpu_ratio', 'extra_cpu_s_per_vcenter', 'extra_rss_mib_per_vcenter'} <= set(result['summary']['overhead'])
+
+
+@pytest.mark.servers  # it starts its own vcsim
+def test_watch_sync_smoke(tmp_path: Path) -> None:
+    """benches/watch_sync_bench.py with 40 VMs, one run: a fresh `vmwatch watch` process up to its 40th signal."""
+    subprocess.run(
+        [sys.executable, str(ROOT / 'benches' / 'watch_sync_bench.py'), '--vms', '40', '--runs', '1',
+         '--label', 'smoke', '--out', str(tmp_path)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    (path,) = tmp_path.glob('watch-sync-*-smoke.json')
+    row = json.loads(path.read_text())['rows']['40']
+    (sample,) = row['samples']
+    assert row['vms'] == 40 and sample['signals'] >= 40
+    assert 0 < row['median_cpu_s'] and row['median_peak_rss_mib'] > 8 and row['median_seconds'] > 0
