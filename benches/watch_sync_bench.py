@@ -8,7 +8,8 @@ prints its JSON lines into a pipe; the parent counts them and, at the N-th, samp
 (utime + stime from /proc/<pid>/stat, all threads) and peak RSS (VmHWM), then stops it. Medians of `--runs`.
 
     python benches/watch_sync_bench.py [--vms 1000 10000] [--runs 3] [--out benches/results]
-    python benches/watch_sync_bench.py --profile 10000    # py-spy top-down profile of one run (needs py-spy)
+    python benches/watch_sync_bench.py --profile 10000    # py-spy profile of one run (needs py-spy)
+    python benches/watch_sync_bench.py --breakdown 10000  # CPU split: HTTP read, decode + decide, output lines
 
 Writes benches/results/watch-sync-<date>.json (and watch-sync-<date>-profile.txt with --profile).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import selectors
 import shutil
@@ -119,7 +121,8 @@ def profile(vms: int, tmp: Path, out: Path) -> Path:
         name_unverified(vc, NS, listed, 1)
         run_once(vc, folder, len(listed))
         raw = tmp / 'profile.txt'
-        run_once(vc, folder, len(listed), prefix=[spy, 'record', '--format', 'raw', '-r', '250', '-o', str(raw), '--'])
+        spy_args = [spy, 'record', '--gil', '--format', 'raw', '-r', '250', '-o', str(raw), '--']
+        run_once(vc, folder, len(listed), prefix=spy_args)
         time.sleep(1.0)  # py-spy writes its file when the child exits
     finally:
         vc.stop()
@@ -134,13 +137,79 @@ def profile(vms: int, tmp: Path, out: Path) -> Path:
         own[frames[-1]] = own.get(frames[-1], 0) + c
         for f in set(frames):
             total[f] = total.get(f, 0) + c
-    lines = [f'py-spy record -r 250, {n} samples, vmwatch watch to the initial sync of {len(listed)} VMs', '',
+    lines = [f'py-spy record --gil -r 250 (Python holding the GIL only), {n} samples, vmwatch watch to the initial '
+             f'sync of {len(listed)} VMs', '',
              'own %   frame']  # fmt: skip
     lines += [f'{100 * c / n:5.1f}   {f}' for f, c in sorted(own.items(), key=lambda x: -x[1])[:25]]
     lines += ['', 'total % frame']
     lines += [f'{100 * c / n:5.1f}   {f}' for f, c in sorted(total.items(), key=lambda x: -x[1])[:40]]
     out.write_text('\n'.join(lines) + '\n')
     return out
+
+
+def breakdown_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """In this process: the Watcher to the initial sync, with the poll thread's CPU split into the HTTP read of
+    each response and the core's decode + decide, and the event loop's CPU for the output lines."""
+    import asyncio
+
+    from vmwatch.vsphere import Endpoint, MoRef
+    from vmwatch.watch_cmd import signal_json
+    from vmwatch.watcher import Watcher
+
+    acc = {'read_cpu_s': 0.0, 'decide_cpu_s': 0.0, 'bytes': 0, 'output_cpu_s': 0.0}
+
+    class Timed(Watcher):
+        def _poll(self, version: str, max_wait_s: int) -> Any:
+            assert self._collector is not None
+            t0 = time.thread_time()
+            body = self._collector.wait(version, max_wait_s=max_wait_s)
+            t1 = time.thread_time()
+            out = self.decider.decide(body)
+            acc['read_cpu_s'] += t1 - t0
+            acc['decide_cpu_s'] += time.thread_time() - t1
+            acc['bytes'] += len(body)
+            return out
+
+    async def run() -> dict[str, Any]:
+        ep = Endpoint(url=spec['url'], user=spec['user'], password_file=Path(spec['password_file']),
+                      ca_file=Path(spec['ca_file']))  # fmt: skip
+        c0 = time.process_time()
+        n = 0
+        async with Timed(endpoint=ep, containers={MoRef.parse(spec['folder']): ['bench']}) as w:
+            c1 = time.process_time()
+            async for s in w:
+                t = time.thread_time()
+                lines = [signal_json(s), *(signal_json(x) for x in w.drain())]
+                n += len(lines)
+                acc['output_cpu_s'] += time.thread_time() - t
+                if n >= spec['vms']:
+                    break
+            c2 = time.process_time()
+        return {'login_cpu_s': c1 - c0, 'sync_cpu_s': c2 - c1, **acc}
+
+    return asyncio.run(run())
+
+
+def breakdown(vms: int, runs: int, tmp: Path) -> dict[str, Any]:
+    vc = start_vcsim(vms, tmp / f'vcsim-{vms}')
+    try:
+        folder, listed = inventory(vc)
+        name_unverified(vc, NS, listed, 1)
+        spec = {'url': vc.url, 'user': vc.user, 'password_file': str(vc.password_file), 'ca_file': str(vc.ca_file),
+                'folder': folder, 'vms': len(listed)}  # fmt: skip
+        path = tmp / 'spec.json'
+        path.write_text(json.dumps(spec))
+        samples = []
+        for _ in range(runs + 1):  # the first warms vcsim; not counted
+            out = subprocess.run([sys.executable, __file__, '--breakdown-child', str(path)], check=True,
+                                 capture_output=True, text=True, timeout=900).stdout  # fmt: skip
+            samples.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        vc.stop()
+    samples = samples[1:]
+    med = {k: round(statistics.median(s[k] for s in samples), 3) for k in samples[0]}
+    med['decide_mb_per_s'] = round(med['bytes'] / 1e6 / med['decide_cpu_s'], 1)
+    return {'vms': len(listed), 'median': med, 'samples': samples}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,13 +219,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--out', type=Path, default=ROOT / 'benches' / 'results')
     p.add_argument('--label', default='', help='suffix of the result file, e.g. "before"')
     p.add_argument('--profile', type=int, metavar='VMS', help='profile one run with py-spy instead')
+    p.add_argument('--breakdown', type=int, metavar='VMS', help='split the CPU of in-process runs instead')
+    p.add_argument('--breakdown-child', type=Path, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
+    if opts.breakdown_child:
+        print(json.dumps(breakdown_child(json.loads(opts.breakdown_child.read_text()))))
+        return 0
     date = dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')
     stem = f'watch-sync-{date}{"-" + opts.label if opts.label else ""}'
     opts.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         if opts.profile:
             print(profile(opts.profile, Path(tmp), opts.out / f'{stem}-profile.txt').read_text())
+            return 0
+        if opts.breakdown:
+            result = {'date': date, 'machine': machine(), 'versions': versions(), 'runs': opts.runs,
+                      'breakdown': breakdown(opts.breakdown, opts.runs, Path(tmp))}  # fmt: skip
+            result['summary'] = result['breakdown']['median']
+            write_result(opts.out, f'{stem}-breakdown', result)
             return 0
         rows = {}
         for n in opts.vms:
