@@ -173,8 +173,9 @@ def test_dockerfile_copies_what_exists_and_matches_the_deployment() -> None:
     user = re.search(r'^USER (\d+):(\d+)$', text, re.M)
     assert user and int(user.group(1)) == pod['securityContext']['runAsUser']
     assert int(user.group(2)) == pod['securityContext']['runAsGroup']
-    port = int(_configmap()['data']['VMWATCH_HEALTH_PROBE_BIND_ADDRESS'].rsplit(':', 1)[1])
-    assert re.search(rf'^EXPOSE {port}\b', text, re.M)
+    exposed = {int(p) for line in re.findall(r'^EXPOSE (.+)$', text, re.M) for p in line.split()}
+    for setting in ('VMWATCH_HEALTH_PROBE_BIND_ADDRESS', 'VMWATCH_METRICS_BIND_ADDRESS'):  # probes and /metrics
+        assert int(_configmap()['data'][setting].rsplit(':', 1)[1]) in exposed, setting
     (container,) = pod['containers']
     assert re.search(r'^ENTRYPOINT \["vmwatch"\]$', text, re.M) and container['args'] == ['run']
     rust = re.search(r'^FROM rust:(\d+\.\d+)', text, re.M)
