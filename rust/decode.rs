@@ -216,9 +216,21 @@ fn local(name: &[u8]) -> &[u8] {
     }
 }
 
+/// Names are short: a plain loop beats a call into `memchr` for them.
 #[inline]
 fn memchr_colon(b: &[u8]) -> Option<usize> {
-    memchr::memchr(b':', b)
+    b.iter().position(|&c| c == b':')
+}
+
+/// Text has an entity or character reference to resolve. Most text is a few bytes, where a plain
+/// loop beats a call into `memchr`.
+#[inline]
+fn has_ref(t: &[u8]) -> bool {
+    if t.len() < 32 {
+        t.contains(&b'&')
+    } else {
+        memchr::memchr(b'&', t).is_some()
+    }
 }
 
 /// Slug of an [`unescape_into`] error.
@@ -361,7 +373,7 @@ impl<'a, 'f> Parser<'a, 'f> {
 
     /// An attribute value (a slice of the body) with references resolved.
     fn attr_value(&self, value: &'a [u8]) -> Result<Cow<'a, [u8]>> {
-        if memchr::memchr(b'&', value).is_none() {
+        if !has_ref(value) {
             return Ok(Cow::Borrowed(value));
         }
         let at = (value.as_ptr() as usize).wrapping_sub(self.body.as_ptr() as usize) as u64;
@@ -443,7 +455,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         loop {
             match self.next()? {
                 Tok::End { .. } if self.depth() == target => return Ok(()),
-                Tok::Text(t) if memchr::memchr(b'&', t).is_some() => {
+                Tok::Text(t) if has_ref(t) => {
                     let mut sink = std::mem::take(&mut self.refbuf);
                     sink.clear();
                     let r = self.unescape(t, &mut sink);
@@ -473,7 +485,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         loop {
             match self.next()? {
                 Tok::Text(t) => {
-                    if memchr::memchr(b'&', t).is_some() {
+                    if has_ref(t) {
                         self.unescape(t, text)?;
                     } else {
                         text.extend_from_slice(t);
@@ -930,7 +942,7 @@ impl<'a, 'f> Parser<'a, 'f> {
     }
 
     fn change(&mut self) -> Result<Change> {
-        let mut path: Option<String> = None;
+        let mut have_path = false;
         let mut null = false;
         let mut seen = [false; 3]; // name, op, val
         self.enc.reset();
@@ -954,8 +966,9 @@ impl<'a, 'f> Parser<'a, 'f> {
                     if n.len() > MAX_PATH_LEN {
                         return Err(p.err("too_long", format!("property path longer than {MAX_PATH_LEN} bytes")));
                     }
-                    p.cur_path = Some(n.clone());
-                    path = Some(n);
+                    // kept in `cur_path` for error reports, taken back below (no copy per change)
+                    p.cur_path = Some(n);
+                    have_path = true;
                 }
                 b"op" => null = p.op(empty)?,
                 b"val" => p.value(s, empty)?,
@@ -964,7 +977,7 @@ impl<'a, 'f> Parser<'a, 'f> {
             }
             Ok(())
         })?;
-        let Some(path) = path else {
+        let Some(path) = self.cur_path.take().filter(|_| have_path) else {
             return Err(self.err("invalid_value", "property change without name"));
         };
         if null {
@@ -1037,7 +1050,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                     }
                 }
                 Tok::Text(t) => {
-                    if memchr::memchr(b'&', t).is_some() {
+                    if has_ref(t) {
                         let mut buf = std::mem::take(&mut self.refbuf);
                         buf.clear();
                         let r = self.unescape(t, &mut buf);

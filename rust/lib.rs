@@ -10,6 +10,7 @@ pub mod durable;
 pub mod errors;
 pub mod filter;
 pub mod index;
+pub mod scan;
 pub mod value;
 pub mod xml;
 

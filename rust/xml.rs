@@ -13,7 +13,8 @@
 //! so the decoder may skip the object update around it; any other error ends the document.
 
 use crate::errors::quote;
-use memchr::{memchr, memchr2, memchr3, memmem};
+use crate::scan::{self, Backend, Scanner};
+use memchr::{memchr, memchr2, memmem};
 
 /// A token; every slice borrows from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +102,17 @@ static NAME_CLASS: [u8; 256] = {
     t
 };
 
+/// Bytes that end an attribute name: `=` and ASCII whitespace.
+static KEY_END: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'=' as usize] = true;
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b'\r' as usize] = true;
+    t[b'\n' as usize] = true;
+    t
+};
+
 #[inline]
 fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
@@ -108,6 +120,8 @@ fn is_space(b: u8) -> bool {
 
 pub struct Tokenizer<'a> {
     buf: &'a [u8],
+    /// Where the structural bytes are (scan.rs).
+    scan: Scanner<'a>,
     pos: usize,
     /// Names of open elements.
     open: Vec<&'a [u8]>,
@@ -120,8 +134,14 @@ pub struct Tokenizer<'a> {
 impl<'a> Tokenizer<'a> {
     /// A tokenizer over `buf`; a UTF-8 byte order mark is skipped (offsets still count it).
     pub fn new(buf: &'a [u8], max_depth: usize) -> Self {
+        Self::with_backend(buf, max_depth, Backend::detect())
+    }
+
+    /// As [`new`](Self::new), with the given structural scan backend (tests compare them).
+    pub fn with_backend(buf: &'a [u8], max_depth: usize, backend: Backend) -> Self {
         Tokenizer {
             buf,
+            scan: Scanner::new(buf, backend),
             pos: if buf.starts_with(BOM) { BOM.len() } else { 0 },
             open: Vec::with_capacity(32),
             max_depth,
@@ -163,7 +183,7 @@ impl<'a> Tokenizer<'a> {
                 return Ok(Tok::Eof);
             }
             if buf[start] != b'<' {
-                let end = memchr(b'<', &buf[start..]).map_or(buf.len(), |i| start + i);
+                let end = self.scan.find(start + 1, |m| m.lt).unwrap_or(buf.len());
                 self.pos = end;
                 return Ok(Tok::Text(&buf[start..end]));
             }
@@ -228,7 +248,18 @@ impl<'a> Tokenizer<'a> {
     fn end_tag(&mut self, start: usize) -> Result<Tok<'a>, XmlError> {
         let buf = self.buf;
         let from = start + 2;
-        let Some(i) = memchr(b'>', &buf[from..]) else {
+        // fast path: `</name>` closing the innermost open element (a name never contains '>')
+        if self.excess == 0 {
+            if let Some(&open) = self.open.last() {
+                let end = from + open.len();
+                if buf.get(end) == Some(&b'>') && &buf[from..end] == open {
+                    self.open.pop();
+                    self.pos = end + 1;
+                    return Ok(Tok::End { name: &buf[from..end] });
+                }
+            }
+        }
+        let Some(i) = self.scan.find(from, |m| m.gt).map(|at| at - from) else {
             return Err(err("xml_syntax", "unclosed end tag", start));
         };
         let mut name = &buf[from..from + i];
@@ -263,13 +294,9 @@ impl<'a> Tokenizer<'a> {
         let buf = self.buf;
         let from = start + 1;
         // name: up to whitespace, '/' or '>'
-        let mut i = from;
-        while i < buf.len() {
-            match NAME_CLASS[buf[i] as usize] {
-                NAME_BYTE => i += 1,
-                NAME_END => break,
-                _ => return Err(err("xml_syntax", "invalid character in element name", i)),
-            }
+        let i = scan::name_end(buf, from, self.scan.backend());
+        if i < buf.len() && NAME_CLASS[buf[i] as usize] == NAME_BAD {
+            return Err(err("xml_syntax", "invalid character in element name", i));
         }
         let name = &buf[from..i];
         if name.is_empty() {
@@ -289,15 +316,19 @@ impl<'a> Tokenizer<'a> {
         let mut j = i;
         let mut values = 0usize;
         loop {
-            let Some(k) = memchr3(b'>', b'"', b'\'', &buf[j..]) else {
+            let Some(at) = self.scan.find(j, |m| m.gt | m.quot | m.apos) else {
                 return Err(err("xml_syntax", "unclosed start tag", start));
             };
-            let at = j + k;
             if buf[at] == b'>' {
                 j = at;
                 break;
             }
-            let Some(q) = memchr(buf[at], &buf[at + 1..]) else {
+            let close = if buf[at] == b'"' {
+                self.scan.find(at + 1, |m| m.quot)
+            } else {
+                self.scan.find(at + 1, |m| m.apos)
+            };
+            let Some(q) = close.map(|c| c - (at + 1)) else {
                 return Err(err("xml_syntax", "unclosed attribute value", at));
             };
             if q > MAX_ATTR_VALUE_LEN && broken.is_none() {
@@ -307,7 +338,7 @@ impl<'a> Tokenizer<'a> {
                     at,
                 ));
             }
-            if memchr(b'<', &buf[at + 1..at + 1 + q]).is_some() {
+            if self.scan.find_in(at + 1, at + 1 + q, |m| m.lt).is_some() {
                 return Err(err("xml_syntax", "'<' in an attribute value", at));
             }
             values += 1;
@@ -370,7 +401,7 @@ impl<'a> Iterator for Attrs<'a> {
             return None;
         }
         let key_start = i;
-        while i < b.len() && b[i] != b'=' && !is_space(b[i]) {
+        while i < b.len() && !KEY_END[b[i] as usize] {
             i += 1;
         }
         let key = &b[key_start..i];
@@ -393,7 +424,8 @@ impl<'a> Iterator for Attrs<'a> {
             }
         };
         let v_start = i + 1;
-        let Some(len) = memchr(quote, &b[v_start..]) else {
+        // values are short (a type name, a namespace URI): a plain loop beats a call into memchr
+        let Some(len) = b[v_start..].iter().position(|&c| c == quote) else {
             self.pos = b.len();
             return Some(Err(key_start));
         };
