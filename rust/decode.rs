@@ -353,7 +353,7 @@ impl<'a, 'f> Parser<'a, 'f> {
     }
 
     fn scan_xmlns(&mut self, attrs: &'a [u8], depth: usize) -> Result<()> {
-        for a in RawAttrs::new(attrs) {
+        for a in RawAttrs::with_backend(attrs, self.tok.backend()) {
             let (key, value) = a.map_err(|_| self.err("xml_syntax", "malformed attribute"))?;
             if let Some(prefix) = key.strip_prefix(b"xmlns:") {
                 // an already bound prefix stays bound as long as this one would
@@ -407,7 +407,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         }
         // (xsi:type, xsi:nil, type) seen: a repeated one is not well-formed and would be ambiguous
         let mut seen = [false; 3];
-        for a in RawAttrs::new(e.attrs) {
+        for a in RawAttrs::with_backend(e.attrs, self.tok.backend()) {
             let (key, value) = a.map_err(|_| self.err("xml_syntax", "malformed attribute"))?;
             let slot = match memchr_colon(key) {
                 Some(i) => {

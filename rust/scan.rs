@@ -196,20 +196,51 @@ impl<'a> Scanner<'a> {
 /// whitespace, `/`, `>`, `<`, `"`, `'`, `=` or `&` (the classes of xml.rs), or `buf.len()`.
 #[inline]
 pub fn name_end(buf: &[u8], from: usize, backend: Backend) -> usize {
+    stop_at(buf, from, NAME_STOPS, &NAME_STOP, backend)
+}
+
+/// The first offset at or after `from` whose byte ends an attribute name (`=` or ASCII
+/// whitespace), or `buf.len()`.
+#[inline]
+pub fn key_end(buf: &[u8], from: usize, backend: Backend) -> usize {
+    stop_at(buf, from, KEY_STOPS, &KEY_STOP, backend)
+}
+
+const NAME_STOPS: [u8; 11] = *b" \t\r\n/><\"'=&";
+const KEY_STOPS: [u8; 5] = *b" \t\r\n=";
+
+const fn table<const N: usize>(stops: [u8; N]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut k = 0;
+    while k < N {
+        t[stops[k] as usize] = true;
+        k += 1;
+    }
+    t
+}
+
+static NAME_STOP: [bool; 256] = table(NAME_STOPS);
+static KEY_STOP: [bool; 256] = table(KEY_STOPS);
+
+/// The first offset at or after `from` whose byte is one of `stops` (`table` is the same set).
+#[inline]
+fn stop_at<const N: usize>(buf: &[u8], from: usize, stops: [u8; N], table: &[bool; 256], backend: Backend) -> usize {
     let mut i = from;
     #[cfg(target_arch = "x86_64")]
     if backend == Backend::Sse2 {
-        use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
         while i + 16 <= buf.len() {
             // SAFETY: SSE2 is part of the x86_64 baseline; the load reads buf[i..i + 16], in bounds
             // by the loop condition (unaligned loads allowed).
             let m = unsafe {
                 let v = _mm_loadu_si128(buf.as_ptr().add(i) as *const __m128i);
-                let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-                let a = _mm_or_si128(_mm_or_si128(eq(b' '), eq(b'\t')), _mm_or_si128(eq(b'\r'), eq(b'\n')));
-                let b = _mm_or_si128(_mm_or_si128(eq(b'/'), eq(b'>')), _mm_or_si128(eq(b'<'), eq(b'"')));
-                let c = _mm_or_si128(_mm_or_si128(eq(b'\''), eq(b'=')), eq(b'&'));
-                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(a, b), c)) as u32
+                let mut any = _mm_cmpeq_epi8(v, _mm_set1_epi8(stops[0] as i8));
+                for &c in &stops[1..] {
+                    any = _mm_or_si128(any, _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8)));
+                }
+                _mm_movemask_epi8(any) as u32
             };
             if m != 0 {
                 return i + m.trailing_zeros() as usize;
@@ -217,23 +248,12 @@ pub fn name_end(buf: &[u8], from: usize, backend: Backend) -> usize {
             i += 16;
         }
     }
-    let _ = backend;
-    while i < buf.len() && !NAME_STOP[buf[i] as usize] {
+    let _ = (backend, stops);
+    while i < buf.len() && !table[buf[i] as usize] {
         i += 1;
     }
     i
 }
-
-static NAME_STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let stop = b" \t\r\n/><\"'=&";
-    let mut k = 0;
-    while k < stop.len() {
-        t[stop[k] as usize] = true;
-        k += 1;
-    }
-    t
-};
 
 /// Masks of the block at `base`; a short last block is padded with zeros (which match nothing).
 pub fn compute(buf: &[u8], base: usize, backend: Backend) -> Masks {
@@ -276,7 +296,10 @@ mod tests {
                     .map(|_| alphabet[lcg(&mut seed) as usize % alphabet.len()])
                     .collect();
                 for base in (0..len).step_by(BLOCK) {
-                    assert_eq!(compute(&buf, base, Backend::Scalar), compute(&buf, base, Backend::best()));
+                    assert_eq!(
+                        compute(&buf, base, Backend::Scalar),
+                        compute(&buf, base, Backend::best())
+                    );
                 }
                 for backend in [Backend::Scalar, Backend::best()] {
                     let mut s = Scanner::new(&buf, backend);
@@ -295,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn name_end_backends_agree() {
+    fn name_and_key_ends_backends_agree() {
         let alphabet = b"ab:_-.\xc3\xa9 \t\r\n/><\"'=&\x0b\x0c";
         let mut seed = 11u64;
         for len in 0..80usize {
@@ -308,9 +331,12 @@ mod tests {
                     })
                     .collect();
                 for from in 0..=len {
-                    let want = (from..len).find(|&i| NAME_STOP[buf[i] as usize]).unwrap_or(len);
+                    let want = (from..len).find(|&i| NAME_STOPS.contains(&buf[i])).unwrap_or(len);
                     assert_eq!(name_end(&buf, from, Backend::Scalar), want);
                     assert_eq!(name_end(&buf, from, Backend::best()), want, "{buf:?} {from}");
+                    let want = (from..len).find(|&i| KEY_STOPS.contains(&buf[i])).unwrap_or(len);
+                    assert_eq!(key_end(&buf, from, Backend::Scalar), want);
+                    assert_eq!(key_end(&buf, from, Backend::best()), want, "{buf:?} {from}");
                 }
             }
         }
@@ -321,7 +347,10 @@ mod tests {
         // 0xBC | 0x80 etc.: a signed compare must not confuse bytes >= 0x80 with '<' (0x3C)
         let buf: Vec<u8> = (0..=255u8).collect();
         let m = compute(&buf, 0, Backend::best());
-        assert_eq!(m.lt.count_ones() + m.gt.count_ones() + m.quot.count_ones() + m.apos.count_ones(), 4);
+        assert_eq!(
+            m.lt.count_ones() + m.gt.count_ones() + m.quot.count_ones() + m.apos.count_ones(),
+            4
+        );
         assert_eq!(compute(&buf, 0, Backend::Scalar), m);
         for base in [64, 128, 192] {
             let m = compute(&buf, base, Backend::best());

@@ -338,8 +338,12 @@ impl ValueEncoder {
         };
         // each key parsed once, not once per comparison; entries without a numeric key sort last
         self.keyed.clear();
-        self.keyed
-            .extend(entries.iter().enumerate().map(|(i, e)| (num(e).map_or((1, 0), |k| (0, k)), i as u32)));
+        self.keyed.extend(
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (num(e).map_or((1, 0), |k| (0, k)), i as u32)),
+        );
         self.keyed
             .sort_by(|a, b| a.0.cmp(&b.0).then_with(|| bytes_of(a.1).cmp(bytes_of(b.1))));
         self.order.clear();
