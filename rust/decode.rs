@@ -25,11 +25,10 @@
 
 use crate::errors::{quote, quote_max, DecodeErrorInfo, Result, VmwatchError};
 use crate::filter::{keyed_extra_config_key, Filter, DEVICE_PATH, EXTRA_CONFIG_PATH};
+use crate::scan;
 use crate::value::ValueEncoder;
 use crate::xml::{unescape_into, Attrs as RawAttrs, Tok, Tokenizer};
-use memchr::memmem;
 use std::borrow::Cow;
-use std::sync::LazyLock;
 
 // Change kinds. Must match vmwatch.types.Kind and the KIND_* constants of vmwatch._vmwatch.
 pub const KIND_ENTER: u8 = 0;
@@ -60,8 +59,6 @@ pub const MAX_MOREF_LEN: usize = 1024;
 pub const MAX_FAULT_MESSAGE: usize = 1024;
 
 const XSI_NS: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
-
-static XMLNS_FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"xmlns:"));
 
 /// A SOAP fault returned instead of a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,12 +176,15 @@ fn decode_with_first_bad(body: &[u8], filter: &Filter, opts: DecodeOptions) -> (
 /// The whole body is UTF-8 and free of NUL bytes (XML allows neither): checked once, up front,
 /// so that no text, name or attribute is ever decoded lossily.
 fn check_chars(body: &[u8]) -> Result<()> {
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(VmwatchError::decode(
-            "not_utf8",
-            "the body is not valid UTF-8",
-            e.valid_up_to() as u64,
-        ));
+    // simdutf8's vector check (runtime CPU detection, scalar fallback) says whether; std says where
+    if simdutf8::basic::from_utf8(body).is_err() {
+        if let Err(e) = std::str::from_utf8(body) {
+            return Err(VmwatchError::decode(
+                "not_utf8",
+                "the body is not valid UTF-8",
+                e.valid_up_to() as u64,
+            ));
+        }
     }
     if let Some(i) = memchr::memchr(0, body) {
         return Err(VmwatchError::decode("invalid_char", "NUL byte in the body", i as u64));
@@ -216,7 +216,7 @@ fn local(name: &[u8]) -> &[u8] {
     }
 }
 
-/// Names are short: a plain loop beats a call into `memchr` for them.
+/// The first `:`. Names are short: a plain loop beats a call into `memchr` for them.
 #[inline]
 fn memchr_colon(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b':')
@@ -343,13 +343,30 @@ impl<'a, 'f> Parser<'a, 'f> {
     /// in the same pass that reads `xsi:type`; skipped subtrees need none.
     #[inline]
     fn declare(&mut self, attrs: &'a [u8], empty: bool) -> Result<()> {
-        if attrs.len() > 6 && XMLNS_FINDER.find(attrs).is_some() {
+        if attrs.len() > 6 && self.has_xmlns(attrs) {
             // declarations of a non-empty element live at its (new) depth
             let depth = self.depth() + usize::from(empty);
             self.scan_xmlns(attrs, depth)?;
             self.pop_after_empty = empty;
         }
         Ok(())
+    }
+
+    /// `attrs` contains `xmlns:` (a declaration, or a value that looks like one: `scan_xmlns` tells).
+    /// Most start tags have no `x` at all: an inlined byte search beats a substring search here.
+    #[inline]
+    fn has_xmlns(&self, attrs: &[u8]) -> bool {
+        let mut i = 0;
+        loop {
+            i = scan::find_byte(attrs, i, b'x', self.tok.backend());
+            if i + 6 > attrs.len() {
+                return false;
+            }
+            if &attrs[i..i + 6] == b"xmlns:" {
+                return true;
+            }
+            i += 1;
+        }
     }
 
     fn scan_xmlns(&mut self, attrs: &'a [u8], depth: usize) -> Result<()> {
@@ -412,7 +429,8 @@ impl<'a, 'f> Parser<'a, 'f> {
             let slot = match memchr_colon(key) {
                 Some(i) => {
                     let (prefix, name) = (&key[..i], &key[i + 1..]);
-                    if prefix == b"xmlns" || !self.is_xsi_prefix(prefix) {
+                    // the local name first: `xmlns:p` declarations end here without a prefix lookup
+                    if !matches!(name, b"type" | b"nil") || prefix == b"xmlns" || !self.is_xsi_prefix(prefix) {
                         continue;
                     }
                     match name {

@@ -222,6 +222,32 @@ const fn table<const N: usize>(stops: [u8; N]) -> [bool; 256] {
 static NAME_STOP: [bool; 256] = table(NAME_STOPS);
 static KEY_STOP: [bool; 256] = table(KEY_STOPS);
 
+/// The first offset at or after `from` (at most `buf.len()`) whose byte is `c`, or `buf.len()`:
+/// as `memchr`, inlined
+/// (the distances here, attribute values, are too short to pay for a call).
+#[inline]
+pub fn find_byte(buf: &[u8], from: usize, c: u8, backend: Backend) -> usize {
+    let mut i = from;
+    #[cfg(target_arch = "x86_64")]
+    if backend == Backend::Sse2 {
+        use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+        while i + 16 <= buf.len() {
+            // SAFETY: SSE2 is part of the x86_64 baseline; the load reads buf[i..i + 16], in bounds
+            // by the loop condition (unaligned loads allowed).
+            let m = unsafe {
+                let v = _mm_loadu_si128(buf.as_ptr().add(i) as *const __m128i);
+                _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8))) as u32
+            };
+            if m != 0 {
+                return i + m.trailing_zeros() as usize;
+            }
+            i += 16;
+        }
+    }
+    let _ = backend;
+    i + buf[i..].iter().position(|&b| b == c).unwrap_or(buf.len() - i)
+}
+
 /// The first offset at or after `from` whose byte is one of `stops` (`table` is the same set).
 #[inline]
 fn stop_at<const N: usize>(buf: &[u8], from: usize, stops: [u8; N], table: &[bool; 256], backend: Backend) -> usize {
@@ -334,6 +360,9 @@ mod tests {
                     let want = (from..len).find(|&i| NAME_STOPS.contains(&buf[i])).unwrap_or(len);
                     assert_eq!(name_end(&buf, from, Backend::Scalar), want);
                     assert_eq!(name_end(&buf, from, Backend::best()), want, "{buf:?} {from}");
+                    let want = (from..len).find(|&i| buf[i] == b'=').unwrap_or(len);
+                    assert_eq!(find_byte(&buf, from, b'=', Backend::Scalar), want);
+                    assert_eq!(find_byte(&buf, from, b'=', Backend::best()), want);
                     let want = (from..len).find(|&i| KEY_STOPS.contains(&buf[i])).unwrap_or(len);
                     assert_eq!(key_end(&buf, from, Backend::Scalar), want);
                     assert_eq!(key_end(&buf, from, Backend::best()), want, "{buf:?} {from}");

@@ -422,8 +422,8 @@ impl<'a> Iterator for Attrs<'a> {
             }
         };
         let v_start = i + 1;
-        // values are short (a type name, a namespace URI): a plain loop beats a call into memchr
-        let Some(len) = b[v_start..].iter().position(|&c| c == quote) else {
+        let end = scan::find_byte(b, v_start, quote, self.backend);
+        let Some(len) = (end < b.len()).then(|| end - v_start) else {
             self.pos = b.len();
             return Some(Err(key_start));
         };
@@ -719,6 +719,13 @@ mod tests {
             let scalar = stream(doc.as_bytes(), Backend::Scalar, depth);
             let simd = stream(doc.as_bytes(), Backend::best(), depth);
             assert_eq!(scalar, simd, "{doc:?}");
+            for (tok, _) in &scalar {
+                if let Ok(Tok::Start { attrs, .. }) = tok {
+                    let a: Vec<_> = Attrs::with_backend(attrs, Backend::Scalar).collect();
+                    let b: Vec<_> = Attrs::with_backend(attrs, Backend::best()).collect();
+                    assert_eq!(a, b, "{attrs:?}");
+                }
+            }
         }
         assert!(long > 1000);
     }
@@ -764,10 +771,22 @@ mod tests {
 
     #[test]
     fn attributes() {
-        let a: Vec<_> = Attrs::new(b" a='1' b = \"x y\"").collect();
-        assert_eq!(a, vec![Ok((&b"a"[..], &b"1"[..])), Ok((&b"b"[..], &b"x y"[..]))]);
-        assert!(Attrs::new(b" a").next().unwrap().is_err());
-        assert!(Attrs::new(b" a=1").next().unwrap().is_err());
+        for backend in [Backend::Scalar, Backend::best()] {
+            let a: Vec<_> = Attrs::with_backend(b" a='1' b = \"x y\"", backend).collect();
+            assert_eq!(a, vec![Ok((&b"a"[..], &b"1"[..])), Ok((&b"b"[..], &b"x y"[..]))]);
+            assert!(Attrs::with_backend(b" a", backend).next().unwrap().is_err());
+            assert!(Attrs::with_backend(b" a=1", backend).next().unwrap().is_err());
+            let long = format!(" {}='{}' k=\"{}\"", "n".repeat(40), "v".repeat(50), "'".repeat(20));
+            let a: Vec<_> = Attrs::with_backend(long.as_bytes(), backend).collect();
+            assert_eq!(a.len(), 2);
+            assert_eq!(a[1], Ok((&b"k"[..], "'".repeat(20).as_bytes())));
+            assert!(
+                Attrs::with_backend(format!(" k='{}", "v".repeat(40)).as_bytes(), backend)
+                    .next()
+                    .unwrap()
+                    .is_err()
+            );
+        }
     }
 
     #[test]
