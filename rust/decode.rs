@@ -202,6 +202,19 @@ struct Attrs<'a> {
     mo_type: Cow<'a, [u8]>,
 }
 
+/// The attributes of interest of one start tag, remembered by the tag's attribute bytes.
+#[derive(Clone, Copy)]
+struct AttrsMemo<'a> {
+    raw: &'a [u8],
+    epoch: u64,
+    xsi_type: &'a [u8],
+    nil: bool,
+    mo_type: &'a [u8],
+}
+
+/// Remembered attribute sets: vSphere values use a few dozen distinct ones.
+const MEMO_SLOTS: usize = 32;
+
 /// A start tag.
 #[derive(Clone, Copy)]
 struct Elem<'a> {
@@ -255,6 +268,10 @@ struct Parser<'a, 'f> {
     last_pos: u64,
     /// Prefixes bound to the XSI namespace, with the depth of their declaration.
     xsi_prefixes: Vec<(&'a [u8], usize)>,
+    /// Bumped whenever `xsi_prefixes` changes: remembered attributes are valid for one epoch.
+    xsi_epoch: u64,
+    /// Remembered attributes (see `attrs`), by a hash of their bytes.
+    memo: [Option<AttrsMemo<'a>>; MEMO_SLOTS],
     pop_after_empty: bool,
     text: Vec<u8>,
     refbuf: Vec<u8>,
@@ -277,6 +294,8 @@ impl<'a, 'f> Parser<'a, 'f> {
             opts,
             last_pos: 0,
             xsi_prefixes: Vec::new(),
+            xsi_epoch: 0,
+            memo: [None; MEMO_SLOTS],
             pop_after_empty: false,
             text: Vec::new(),
             refbuf: Vec::new(),
@@ -382,6 +401,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                         ));
                     }
                     self.xsi_prefixes.push((prefix, depth));
+                    self.xsi_epoch += 1;
                 }
             }
         }
@@ -404,6 +424,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         while let Some(&(_, d)) = self.xsi_prefixes.last() {
             if d >= depth {
                 self.xsi_prefixes.pop();
+                self.xsi_epoch += 1;
             } else {
                 break;
             }
@@ -417,11 +438,49 @@ impl<'a, 'f> Parser<'a, 'f> {
         self.xsi_prefixes.iter().any(|(p, _)| *p == prefix)
     }
 
-    fn attrs(&self, e: Elem<'a>) -> Result<Attrs<'a>> {
-        let mut out = Attrs::default();
-        if e.attrs.is_empty() {
-            return Ok(out);
+    /// The attributes of interest of a start tag. Values repeat their attributes all the time
+    /// (`xsi:type="Description"`), so a result is remembered by the attribute bytes, as long as the
+    /// XSI prefixes in scope are the same (`xsi_epoch`); only results without references (borrowed
+    /// from the body) are, and an error is never remembered.
+    fn attrs(&mut self, e: Elem<'a>) -> Result<Attrs<'a>> {
+        let raw = e.attrs;
+        if raw.is_empty() {
+            return Ok(Attrs::default());
         }
+        let slot =
+            (raw.len() ^ ((raw[raw.len() / 2] as usize) << 1) ^ ((raw[raw.len() - 1] as usize) << 3)) % MEMO_SLOTS;
+        if let Some(m) = &self.memo[slot] {
+            if m.epoch == self.xsi_epoch && m.raw == raw {
+                return Ok(Attrs {
+                    xsi_type: Cow::Borrowed(m.xsi_type),
+                    nil: m.nil,
+                    mo_type: Cow::Borrowed(m.mo_type),
+                });
+            }
+        }
+        let out = self.parse_attrs(e)?;
+        // (an absent attribute is `Cow::default()`, an empty owned value)
+        let borrowed = |c: &Cow<'a, [u8]>| -> Option<&'a [u8]> {
+            match c {
+                Cow::Borrowed(b) => Some(b),
+                Cow::Owned(v) if v.is_empty() => Some(&[]),
+                Cow::Owned(_) => None,
+            }
+        };
+        if let (Some(xsi_type), Some(mo_type)) = (borrowed(&out.xsi_type), borrowed(&out.mo_type)) {
+            self.memo[slot] = Some(AttrsMemo {
+                raw,
+                epoch: self.xsi_epoch,
+                xsi_type,
+                nil: out.nil,
+                mo_type,
+            });
+        }
+        Ok(out)
+    }
+
+    fn parse_attrs(&self, e: Elem<'a>) -> Result<Attrs<'a>> {
+        let mut out = Attrs::default();
         // (xsi:type, xsi:nil, type) seen: a repeated one is not well-formed and would be ambiguous
         let mut seen = [false; 3];
         for a in RawAttrs::with_backend(e.attrs, self.tok.backend()) {
@@ -1213,6 +1272,30 @@ mod tests {
             "</a>".repeat(40)
         );
         assert!(run(body(&nested).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn remembered_attributes_follow_the_prefixes_in_scope() {
+        // the same attribute bytes, ` p:type="Foo"`, first with p bound to XSI, then to another URI
+        let val = |second: &str, e2: &str| {
+            body(&format!(
+                "<val xsi:type=\"T\"><a xmlns:p=\"{XSI}\"><e p:type=\"Foo\">1</e></a>\
+                 <a xmlns:p=\"{second}\"><{e2}>1</e></a></val>"
+            ))
+        };
+        let other = fp(&val("urn:other", "e p:type=\"Foo\""));
+        assert_eq!(other, fp(&val("urn:other", "e")), "p:type is no xsi:type there");
+        assert_ne!(other, fp(&val(XSI, "e p:type=\"Foo\"")));
+        // and a value with references is never remembered borrowed from another place
+        let amp = fp(&body(
+            "<val xsi:type=\"T\"><e xsi:type=\"F&#111;o\">1</e><e xsi:type=\"F&#111;o\">1</e></val>",
+        ));
+        assert_eq!(
+            amp,
+            fp(&body(
+                "<val xsi:type=\"T\"><e xsi:type=\"Foo\">1</e><e xsi:type=\"Foo\">1</e></val>"
+            ))
+        );
     }
 
     #[test]
