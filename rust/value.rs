@@ -460,5 +460,20 @@ mod tests {
         }
         enc.end();
         assert_eq!(a, enc.devices());
+        // keys that are no integers (or padded ones) sort too: any input order, one fingerprint
+        let fp = |keys: &[&str]| {
+            let mut enc = ValueEncoder::new();
+            enc.begin(b"ArrayOfVirtualDevice", false);
+            for k in keys {
+                dev(&mut enc, k);
+            }
+            enc.end();
+            enc.devices()
+        };
+        let keys = ["x", " 10 ", "2", "y", "-1", "x"];
+        let want = fp(&keys);
+        assert_eq!(want, fp(&["y", "x", "2", "x", " 10 ", "-1"]));
+        assert_eq!(want, fp(&["2", "-1", "x", "y", "x", " 10 "]));
+        assert_ne!(want, fp(&["x", " 10 ", "2", "y", "-1"]));
     }
 }
