@@ -5,11 +5,17 @@
 //!     cargo bench --bench decode
 //!
 //! Each iteration uses a fresh Decider (cold cache: every VM is a first sighting, the most work).
+//!
+//! `VMWATCH_DECODE_ONCE=<file.xml[.gz]> [VMWATCH_DECODE_RUNS=n]` instead decides that payload n
+//! times (default 1; 0 only loads it) and exits, for instruction counts that do not depend on the
+//! machine's load (benches/README.md):
+//!
+//!     valgrind --tool=callgrind $(cargo bench --bench decode --no-run 2>&1 | grep -o 'target/[^)]*')
 
 use _vmwatch::batch::{Decider, DeciderConfig, Outcome};
 use _vmwatch::filter::{Filter, DEFAULT_NAME_KEY};
 use _vmwatch::index::Index;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, BatchSize, Criterion, Throughput};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +36,17 @@ const IGNORED: &[&str] = &[
     "guestinfo.vmtools.buildNumber",
 ];
 
+fn read_payload(p: &Path) -> Vec<u8> {
+    let raw = std::fs::read(p).unwrap();
+    if p.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
+        out
+    } else {
+        raw
+    }
+}
+
 fn payloads() -> Vec<(String, Vec<u8>)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("benches/data"))
@@ -48,14 +65,7 @@ fn payloads() -> Vec<(String, Vec<u8>)> {
     files
         .into_iter()
         .map(|p| {
-            let raw = std::fs::read(&p).unwrap();
-            let body = if p.extension().is_some_and(|e| e == "gz") {
-                let mut out = Vec::new();
-                flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
-                out
-            } else {
-                raw
-            };
+            let body = read_payload(&p);
             let name = p
                 .file_name()
                 .unwrap()
@@ -103,4 +113,17 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(path) = std::env::var_os("VMWATCH_DECODE_ONCE") {
+        let body = read_payload(Path::new(&path));
+        let runs: usize = std::env::var("VMWATCH_DECODE_RUNS").map_or(1, |n| n.parse().unwrap());
+        let ix = Index::new();
+        for _ in 0..runs {
+            std::hint::black_box(decider().decide(&body, &ix).unwrap());
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -14,7 +14,13 @@ captures in tests/data) it measures, pinned to one CPU:
 
 and writes medians, MB/s and ratios to benches/results/decode-<date>.json.
 
-    python benches/decode_bench.py [--quick] [--out benches/results]
+With `--baseline-python PY` (the interpreter of another build's venv, e.g. main's), that build's
+`Decider.decide` runs in a child process on the same CPU, interleaved run by run with this build's,
+and each payload gets the ratio of this build's speed to the baseline's. Each vmwatch run is timed
+twice: wall seconds (`perf_counter`) and the thread's CPU seconds (`thread_time`, which other
+processes on a shared machine disturb far less); both medians and both ratios are reported.
+
+    python benches/decode_bench.py [--quick] [--out benches/results] [--baseline-python PY]
 """
 
 from __future__ import annotations
@@ -132,37 +138,114 @@ def versions() -> dict[str, str]:
     }
 
 
-def bench_one(path: Path, body: bytes, quick: bool) -> dict[str, Any]:
-    mb = len(body) / 1e6
+def new_decider() -> Any:
     ignored = tuple(DEFAULT_IGNORED_EXTRA_CONFIG_KEYS)
-    first = _vmwatch.Decider(index=_vmwatch.Index(), watched_paths=DEFAULT_WATCHED_PATHS, ignored_keys=ignored)
-    result = first.decide(body)
+    return _vmwatch.Decider(index=_vmwatch.Index(), watched_paths=DEFAULT_WATCHED_PATHS, ignored_keys=ignored)
+
+
+def time_decide(body: bytes) -> tuple[float, float]:
+    """Wall and thread-CPU seconds of one `decide` on a fresh Decider (built outside the timing)."""
+    d = new_decider()
+    t0, c0 = time.perf_counter(), time.thread_time()
+    d.decide(body)
+    return time.perf_counter() - t0, time.thread_time() - c0
+
+
+class Baseline:
+    """Another build's `Decider.decide`, timed in a child process (`--serve` mode of this script)."""
+
+    def __init__(self, python: str, cpu: int | None) -> None:
+        cmd = [python, str(Path(__file__).resolve()), '--serve']
+        if cpu is not None and shutil.which('taskset'):
+            cmd = ['taskset', '-c', str(cpu), *cmd]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        self.info: dict[str, Any] = self.call({'op': 'info'})
+
+    def call(self, req: dict[str, Any]) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(req) + '\n')
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError('the baseline process ended')
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def serve() -> int:
+    """Child side of `Baseline`: one JSON request per line on stdin, one JSON answer per line."""
+    bodies: dict[str, bytes] = {}
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req['op'] == 'info':
+            out: Any = {'vmwatch': _vmwatch.__version__, 'vmwatch_build': _vmwatch.build_info, 'python': sys.executable}
+        elif req['op'] == 'load':
+            bodies[req['path']] = load(Path(req['path']))
+            result = new_decider().decide(bodies[req['path']])
+            out = {'objects': result.objects, 'changes': result.changes}
+        else:
+            gc.collect()
+            gc.disable()
+            try:
+                out = time_decide(bodies[req['path']])
+            finally:
+                gc.enable()
+        sys.stdout.write(json.dumps(out) + '\n')
+        sys.stdout.flush()
+    return 0
+
+
+def med(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def bench_one(path: Path, body: bytes, quick: bool, baseline: Baseline | None = None) -> dict[str, Any]:
+    mb = len(body) / 1e6
+    result = new_decider().decide(body)
     assert isinstance(result, _vmwatch.Batch), result
     # the same objects as pyVmomi sees (correctness once, before timing)
     us = SoapAdapter.SoapResponseDeserializer(None).Deserialize(body, UPDATE_SET)
     assert sum(len(fs.objectSet) for fs in us.filterSet) == result.objects
+    if baseline is not None:
+        b = baseline.call({'op': 'load', 'path': str(path)})
+        assert (b['objects'], b['changes']) == (result.objects, result.changes), (path, b)
 
-    # vmwatch and expat alternate run by run, so load changes on a shared machine hit both alike
-    vm_samples: list[float] = []
+    # vmwatch, expat (and the baseline) take turns run by run, so load changes on a shared machine
+    # hit them alike
+    vm_wall: list[float] = []
+    vm_cpu: list[float] = []
+    base_wall: list[float] = []
+    base_cpu: list[float] = []
     ex_samples: list[float] = []
+    order = ['vm', 'ex', *(['base'] if baseline is not None else [])]
     gc.collect()
     gc.disable()  # no collection in the middle of a timed run (and none right before one)
     try:
         for i in range(7 if quick else 31):
-            d = _vmwatch.Decider(index=_vmwatch.Index(), watched_paths=DEFAULT_WATCHED_PATHS, ignored_keys=ignored)
-            p = expat.ParserCreate()
-            for which in ('vm', 'ex') if i % 2 else ('ex', 'vm'):
-                t0 = time.perf_counter()
+            for which in order[i % len(order) :] + order[: i % len(order)]:
                 if which == 'vm':
-                    d.decide(body)
+                    w, c = time_decide(body)
+                    vm_wall.append(w)
+                    vm_cpu.append(c)
+                elif which == 'base':
+                    assert baseline is not None
+                    w, c = baseline.call({'op': 'time', 'path': str(path)})
+                    base_wall.append(w)
+                    base_cpu.append(c)
                 else:
+                    p = expat.ParserCreate()
+                    t0 = time.perf_counter()
                     p.Parse(body, True)
-                (vm_samples if which == 'vm' else ex_samples).append(time.perf_counter() - t0)
-            del d, p
+                    ex_samples.append(time.perf_counter() - t0)
+                    del p
     finally:
         gc.enable()
-    vm_s = statistics.median(vm_samples)
-    ex_s, ex_n = statistics.median(ex_samples), len(ex_samples)
+    vm_s = med(vm_wall)
+    ex_s, ex_n = med(ex_samples), len(ex_samples)
 
     def pyvmomi_run() -> None:
         SoapAdapter.SoapResponseDeserializer(None).Deserialize(body, UPDATE_SET)
@@ -173,9 +256,28 @@ def bench_one(path: Path, body: bytes, quick: bool) -> dict[str, Any]:
         'bytes': len(body),
         'objects': result.objects,
         'changes': result.changes,
-        'vmwatch': {'median_s': vm_s, 'mb_per_s': mb / vm_s, 'runs': len(vm_samples)},
+        'vmwatch': {
+            'median_s': vm_s,
+            'mb_per_s': mb / vm_s,
+            'runs': len(vm_wall),
+            'median_cpu_s': med(vm_cpu),
+            'cpu_mb_per_s': mb / med(vm_cpu),
+        },
         'pyvmomi': {'median_s': py_s, 'mb_per_s': mb / py_s, 'runs': py_n},
         'expat': {'median_s': ex_s, 'mb_per_s': mb / ex_s, 'runs': ex_n},
+        **(
+            {
+                'baseline': {
+                    'median_s': med(base_wall),
+                    'mb_per_s': mb / med(base_wall),
+                    'runs': len(base_wall),
+                    'median_cpu_s': med(base_cpu),
+                    'cpu_mb_per_s': mb / med(base_cpu),
+                }
+            }
+            if base_wall
+            else {}
+        ),
     }
 
 
@@ -183,16 +285,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='fewer runs (a smoke test of the harness)')
     ap.add_argument('--out', type=Path, default=ROOT / 'benches' / 'results')
+    ap.add_argument(
+        '--baseline-python',
+        metavar='PY',
+        help="another build's venv interpreter: its Decider is timed in the same run, interleaved",
+    )
+    ap.add_argument('--no-go', action='store_true', help='skip govmomi (no Go toolchain, or no time)')
+    ap.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.serve:
+        return serve()
     cpu = pin_one_cpu()
+    baseline = Baseline(a.baseline_python, cpu) if a.baseline_python else None
     rows = []
     files = payloads()
     with tempfile.TemporaryDirectory() as tmp:
-        exe = build_go(Path(tmp))
+        exe = None if a.no_go else build_go(Path(tmp))
         go = run_go(exe, files, 3 if a.quick else 10, cpu) if exe else {}
     for path in files:
         body = load(path)
-        row = bench_one(path, body, a.quick)
+        row = bench_one(path, body, a.quick, baseline)
         g = go.get(str(path))
         if g:
             assert g['objects'] == row['objects'], (path, g['objects'], row['objects'])
@@ -202,6 +314,14 @@ def main(argv: list[str] | None = None) -> int:
             'vs_pyvmomi': row['pyvmomi']['median_s'] / v,
             'vs_expat': row['expat']['median_s'] / v,
             **({'vs_govmomi': row['govmomi']['median_s'] / v} if 'govmomi' in row else {}),
+            **(
+                {
+                    'vs_baseline': row['baseline']['median_s'] / v,
+                    'vs_baseline_cpu': row['baseline']['median_cpu_s'] / row['vmwatch']['median_cpu_s'],
+                }
+                if 'baseline' in row
+                else {}
+            ),
         }
         row['targets_met'] = {
             'mb_per_s': row['vmwatch']['mb_per_s'] >= TARGETS['mb_per_s'],
@@ -215,8 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         'versions': versions(),
         'targets': TARGETS,
         'method': 'median seconds per run on the same bytes; vmwatch = decode + decide with a fresh Decider',
+        **({'baseline': {**baseline.info, 'python': a.baseline_python}} if baseline is not None else {}),
         'payloads': rows,
     }
+    if baseline is not None:
+        baseline.close()
     a.out.mkdir(parents=True, exist_ok=True)
     out = a.out / f'decode-{dt.date.today().isoformat()}.json'
     out.write_text(json.dumps(report, indent=2) + '\n')
@@ -225,13 +348,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table_row(r: dict[str, Any]) -> str:
-    g = r.get('govmomi', {}).get('mb_per_s', float('nan'))
+    nan = float('nan')
+    g = r.get('govmomi', {}).get('mb_per_s', nan)
     ratios = r['ratios']
-    return (
+    row = (
         f'| {r["payload"]} | {r["bytes"] / 1e6:.2f} MB | {r["objects"]} | {r["vmwatch"]["mb_per_s"]:.0f} | '
         f'{r["pyvmomi"]["mb_per_s"]:.1f} | {g:.1f} | {r["expat"]["mb_per_s"]:.0f} | '
-        f'{ratios["vs_pyvmomi"]:.0f}x | {ratios.get("vs_govmomi", float("nan")):.1f}x | {ratios["vs_expat"]:.2f}x |'
+        f'{ratios["vs_pyvmomi"]:.0f}x | {ratios.get("vs_govmomi", nan):.1f}x | {ratios["vs_expat"]:.2f}x |'
     )
+    if 'baseline' in r:
+        row += (
+            f' {r["baseline"]["mb_per_s"]:.0f} | {ratios["vs_baseline"]:.2f}x |'
+            f' {r["vmwatch"]["cpu_mb_per_s"]:.0f} / {r["baseline"]["cpu_mb_per_s"]:.0f} |'
+            f' {ratios["vs_baseline_cpu"]:.2f}x |'
+        )
+    return row
 
 
 if __name__ == '__main__':

@@ -25,11 +25,10 @@
 
 use crate::errors::{quote, quote_max, DecodeErrorInfo, Result, VmwatchError};
 use crate::filter::{keyed_extra_config_key, Filter, DEVICE_PATH, EXTRA_CONFIG_PATH};
+use crate::scan;
 use crate::value::ValueEncoder;
 use crate::xml::{unescape_into, Attrs as RawAttrs, Tok, Tokenizer};
-use memchr::memmem;
 use std::borrow::Cow;
-use std::sync::LazyLock;
 
 // Change kinds. Must match vmwatch.types.Kind and the KIND_* constants of vmwatch._vmwatch.
 pub const KIND_ENTER: u8 = 0;
@@ -60,8 +59,6 @@ pub const MAX_MOREF_LEN: usize = 1024;
 pub const MAX_FAULT_MESSAGE: usize = 1024;
 
 const XSI_NS: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
-
-static XMLNS_FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"xmlns:"));
 
 /// A SOAP fault returned instead of a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,12 +176,15 @@ fn decode_with_first_bad(body: &[u8], filter: &Filter, opts: DecodeOptions) -> (
 /// The whole body is UTF-8 and free of NUL bytes (XML allows neither): checked once, up front,
 /// so that no text, name or attribute is ever decoded lossily.
 fn check_chars(body: &[u8]) -> Result<()> {
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(VmwatchError::decode(
-            "not_utf8",
-            "the body is not valid UTF-8",
-            e.valid_up_to() as u64,
-        ));
+    // simdutf8's vector check (runtime CPU detection, scalar fallback) says whether; std says where
+    if simdutf8::basic::from_utf8(body).is_err() {
+        if let Err(e) = std::str::from_utf8(body) {
+            return Err(VmwatchError::decode(
+                "not_utf8",
+                "the body is not valid UTF-8",
+                e.valid_up_to() as u64,
+            ));
+        }
     }
     if let Some(i) = memchr::memchr(0, body) {
         return Err(VmwatchError::decode("invalid_char", "NUL byte in the body", i as u64));
@@ -202,6 +202,19 @@ struct Attrs<'a> {
     mo_type: Cow<'a, [u8]>,
 }
 
+/// The attributes of interest of one start tag, remembered by the tag's attribute bytes.
+#[derive(Clone, Copy)]
+struct AttrsMemo<'a> {
+    raw: &'a [u8],
+    epoch: u64,
+    xsi_type: &'a [u8],
+    nil: bool,
+    mo_type: &'a [u8],
+}
+
+/// Remembered attribute sets: vSphere values use a few dozen distinct ones.
+const MEMO_SLOTS: usize = 32;
+
 /// A start tag.
 #[derive(Clone, Copy)]
 struct Elem<'a> {
@@ -216,9 +229,21 @@ fn local(name: &[u8]) -> &[u8] {
     }
 }
 
+/// The first `:`. Names are short: a plain loop beats a call into `memchr` for them.
 #[inline]
 fn memchr_colon(b: &[u8]) -> Option<usize> {
-    memchr::memchr(b':', b)
+    b.iter().position(|&c| c == b':')
+}
+
+/// Text has an entity or character reference to resolve. Most text is a few bytes, where a plain
+/// loop beats a call into `memchr`.
+#[inline]
+fn has_ref(t: &[u8]) -> bool {
+    if t.len() < 32 {
+        t.contains(&b'&')
+    } else {
+        memchr::memchr(b'&', t).is_some()
+    }
 }
 
 /// Slug of an [`unescape_into`] error.
@@ -243,6 +268,10 @@ struct Parser<'a, 'f> {
     last_pos: u64,
     /// Prefixes bound to the XSI namespace, with the depth of their declaration.
     xsi_prefixes: Vec<(&'a [u8], usize)>,
+    /// Bumped whenever `xsi_prefixes` changes: remembered attributes are valid for one epoch.
+    xsi_epoch: u64,
+    /// Remembered attributes (see `attrs`), by a hash of their bytes.
+    memo: [Option<AttrsMemo<'a>>; MEMO_SLOTS],
     pop_after_empty: bool,
     text: Vec<u8>,
     refbuf: Vec<u8>,
@@ -265,6 +294,8 @@ impl<'a, 'f> Parser<'a, 'f> {
             opts,
             last_pos: 0,
             xsi_prefixes: Vec::new(),
+            xsi_epoch: 0,
+            memo: [None; MEMO_SLOTS],
             pop_after_empty: false,
             text: Vec::new(),
             refbuf: Vec::new(),
@@ -331,7 +362,7 @@ impl<'a, 'f> Parser<'a, 'f> {
     /// in the same pass that reads `xsi:type`; skipped subtrees need none.
     #[inline]
     fn declare(&mut self, attrs: &'a [u8], empty: bool) -> Result<()> {
-        if attrs.len() > 6 && XMLNS_FINDER.find(attrs).is_some() {
+        if attrs.len() > 6 && self.has_xmlns(attrs) {
             // declarations of a non-empty element live at its (new) depth
             let depth = self.depth() + usize::from(empty);
             self.scan_xmlns(attrs, depth)?;
@@ -340,8 +371,25 @@ impl<'a, 'f> Parser<'a, 'f> {
         Ok(())
     }
 
+    /// `attrs` contains `xmlns:` (a declaration, or a value that looks like one: `scan_xmlns` tells).
+    /// Most start tags have no `x` at all: an inlined byte search beats a substring search here.
+    #[inline]
+    fn has_xmlns(&self, attrs: &[u8]) -> bool {
+        let mut i = 0;
+        loop {
+            i = scan::find_byte(attrs, i, b'x', self.tok.backend());
+            if i + 6 > attrs.len() {
+                return false;
+            }
+            if &attrs[i..i + 6] == b"xmlns:" {
+                return true;
+            }
+            i += 1;
+        }
+    }
+
     fn scan_xmlns(&mut self, attrs: &'a [u8], depth: usize) -> Result<()> {
-        for a in RawAttrs::new(attrs) {
+        for a in RawAttrs::with_backend(attrs, self.tok.backend()) {
             let (key, value) = a.map_err(|_| self.err("xml_syntax", "malformed attribute"))?;
             if let Some(prefix) = key.strip_prefix(b"xmlns:") {
                 // an already bound prefix stays bound as long as this one would
@@ -353,6 +401,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                         ));
                     }
                     self.xsi_prefixes.push((prefix, depth));
+                    self.xsi_epoch += 1;
                 }
             }
         }
@@ -361,7 +410,7 @@ impl<'a, 'f> Parser<'a, 'f> {
 
     /// An attribute value (a slice of the body) with references resolved.
     fn attr_value(&self, value: &'a [u8]) -> Result<Cow<'a, [u8]>> {
-        if memchr::memchr(b'&', value).is_none() {
+        if !has_ref(value) {
             return Ok(Cow::Borrowed(value));
         }
         let at = (value.as_ptr() as usize).wrapping_sub(self.body.as_ptr() as usize) as u64;
@@ -375,6 +424,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         while let Some(&(_, d)) = self.xsi_prefixes.last() {
             if d >= depth {
                 self.xsi_prefixes.pop();
+                self.xsi_epoch += 1;
             } else {
                 break;
             }
@@ -388,19 +438,58 @@ impl<'a, 'f> Parser<'a, 'f> {
         self.xsi_prefixes.iter().any(|(p, _)| *p == prefix)
     }
 
-    fn attrs(&self, e: Elem<'a>) -> Result<Attrs<'a>> {
-        let mut out = Attrs::default();
-        if e.attrs.is_empty() {
-            return Ok(out);
+    /// The attributes of interest of a start tag. Values repeat their attributes all the time
+    /// (`xsi:type="Description"`), so a result is remembered by the attribute bytes, as long as the
+    /// XSI prefixes in scope are the same (`xsi_epoch`); only results without references (borrowed
+    /// from the body) are, and an error is never remembered.
+    fn attrs(&mut self, e: Elem<'a>) -> Result<Attrs<'a>> {
+        let raw = e.attrs;
+        if raw.is_empty() {
+            return Ok(Attrs::default());
         }
+        let slot =
+            (raw.len() ^ ((raw[raw.len() / 2] as usize) << 1) ^ ((raw[raw.len() - 1] as usize) << 3)) % MEMO_SLOTS;
+        if let Some(m) = &self.memo[slot] {
+            if m.epoch == self.xsi_epoch && m.raw == raw {
+                return Ok(Attrs {
+                    xsi_type: Cow::Borrowed(m.xsi_type),
+                    nil: m.nil,
+                    mo_type: Cow::Borrowed(m.mo_type),
+                });
+            }
+        }
+        let out = self.parse_attrs(e)?;
+        // (an absent attribute is `Cow::default()`, an empty owned value)
+        let borrowed = |c: &Cow<'a, [u8]>| -> Option<&'a [u8]> {
+            match c {
+                Cow::Borrowed(b) => Some(b),
+                Cow::Owned(v) if v.is_empty() => Some(&[]),
+                Cow::Owned(_) => None,
+            }
+        };
+        if let (Some(xsi_type), Some(mo_type)) = (borrowed(&out.xsi_type), borrowed(&out.mo_type)) {
+            self.memo[slot] = Some(AttrsMemo {
+                raw,
+                epoch: self.xsi_epoch,
+                xsi_type,
+                nil: out.nil,
+                mo_type,
+            });
+        }
+        Ok(out)
+    }
+
+    fn parse_attrs(&self, e: Elem<'a>) -> Result<Attrs<'a>> {
+        let mut out = Attrs::default();
         // (xsi:type, xsi:nil, type) seen: a repeated one is not well-formed and would be ambiguous
         let mut seen = [false; 3];
-        for a in RawAttrs::new(e.attrs) {
+        for a in RawAttrs::with_backend(e.attrs, self.tok.backend()) {
             let (key, value) = a.map_err(|_| self.err("xml_syntax", "malformed attribute"))?;
             let slot = match memchr_colon(key) {
                 Some(i) => {
                     let (prefix, name) = (&key[..i], &key[i + 1..]);
-                    if prefix == b"xmlns" || !self.is_xsi_prefix(prefix) {
+                    // the local name first: `xmlns:p` declarations end here without a prefix lookup
+                    if !matches!(name, b"type" | b"nil") || prefix == b"xmlns" || !self.is_xsi_prefix(prefix) {
                         continue;
                     }
                     match name {
@@ -443,7 +532,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         loop {
             match self.next()? {
                 Tok::End { .. } if self.depth() == target => return Ok(()),
-                Tok::Text(t) if memchr::memchr(b'&', t).is_some() => {
+                Tok::Text(t) if has_ref(t) => {
                     let mut sink = std::mem::take(&mut self.refbuf);
                     sink.clear();
                     let r = self.unescape(t, &mut sink);
@@ -473,7 +562,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         loop {
             match self.next()? {
                 Tok::Text(t) => {
-                    if memchr::memchr(b'&', t).is_some() {
+                    if has_ref(t) {
                         self.unescape(t, text)?;
                     } else {
                         text.extend_from_slice(t);
@@ -930,7 +1019,7 @@ impl<'a, 'f> Parser<'a, 'f> {
     }
 
     fn change(&mut self) -> Result<Change> {
-        let mut path: Option<String> = None;
+        let mut have_path = false;
         let mut null = false;
         let mut seen = [false; 3]; // name, op, val
         self.enc.reset();
@@ -954,8 +1043,9 @@ impl<'a, 'f> Parser<'a, 'f> {
                     if n.len() > MAX_PATH_LEN {
                         return Err(p.err("too_long", format!("property path longer than {MAX_PATH_LEN} bytes")));
                     }
-                    p.cur_path = Some(n.clone());
-                    path = Some(n);
+                    // kept in `cur_path` for error reports, taken back below (no copy per change)
+                    p.cur_path = Some(n);
+                    have_path = true;
                 }
                 b"op" => null = p.op(empty)?,
                 b"val" => p.value(s, empty)?,
@@ -964,7 +1054,7 @@ impl<'a, 'f> Parser<'a, 'f> {
             }
             Ok(())
         })?;
-        let Some(path) = path else {
+        let Some(path) = self.cur_path.take().filter(|_| have_path) else {
             return Err(self.err("invalid_value", "property change without name"));
         };
         if null {
@@ -1037,7 +1127,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                     }
                 }
                 Tok::Text(t) => {
-                    if memchr::memchr(b'&', t).is_some() {
+                    if has_ref(t) {
                         let mut buf = std::mem::take(&mut self.refbuf);
                         buf.clear();
                         let r = self.unescape(t, &mut buf);
@@ -1182,6 +1272,30 @@ mod tests {
             "</a>".repeat(40)
         );
         assert!(run(body(&nested).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn remembered_attributes_follow_the_prefixes_in_scope() {
+        // the same attribute bytes, ` p:type="Foo"`, first with p bound to XSI, then to another URI
+        let val = |second: &str, e2: &str| {
+            body(&format!(
+                "<val xsi:type=\"T\"><a xmlns:p=\"{XSI}\"><e p:type=\"Foo\">1</e></a>\
+                 <a xmlns:p=\"{second}\"><{e2}>1</e></a></val>"
+            ))
+        };
+        let other = fp(&val("urn:other", "e p:type=\"Foo\""));
+        assert_eq!(other, fp(&val("urn:other", "e")), "p:type is no xsi:type there");
+        assert_ne!(other, fp(&val(XSI, "e p:type=\"Foo\"")));
+        // and a value with references is never remembered borrowed from another place
+        let amp = fp(&body(
+            "<val xsi:type=\"T\"><e xsi:type=\"F&#111;o\">1</e><e xsi:type=\"F&#111;o\">1</e></val>",
+        ));
+        assert_eq!(
+            amp,
+            fp(&body(
+                "<val xsi:type=\"T\"><e xsi:type=\"Foo\">1</e><e xsi:type=\"Foo\">1</e></val>"
+            ))
+        );
     }
 
     #[test]

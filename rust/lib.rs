@@ -10,6 +10,7 @@ pub mod durable;
 pub mod errors;
 pub mod filter;
 pub mod index;
+pub mod scan;
 pub mod value;
 pub mod xml;
 
@@ -33,7 +34,11 @@ fn _vmwatch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     m.add(
         "build_info",
-        format!("profile={profile} pyo3=0.30.1 xml=own-tokenizer hash=xxh3-64"),
+        format!(
+            "profile={profile} pyo3=0.30.1 xml=own-tokenizer scan={:?} hash=xxh3-64",
+            scan::Backend::detect()
+        )
+        .to_lowercase(),
     )?;
     m.add("KIND_ENTER", decode::KIND_ENTER)?;
     m.add("KIND_MODIFY", decode::KIND_MODIFY)?;

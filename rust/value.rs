@@ -57,6 +57,8 @@ pub struct ValueEncoder {
     top: Entry,
     scratch: Vec<u8>,
     order: Vec<u32>,
+    /// Devices: `((has no numeric key, key), entry)`, sorted.
+    keyed: Vec<((u8, i64), u32)>,
     /// The value has non-whitespace text next to child elements, or is a plain text leaf.
     top_text: bool,
     nil: bool,
@@ -322,8 +324,8 @@ impl ValueEncoder {
         }
         let buf = &self.buf;
         let entries = &self.entries;
-        let num = |i: u32| -> Option<i64> {
-            let r = entries[i as usize].key?;
+        let num = |e: &Entry| -> Option<i64> {
+            let r = e.key?;
             std::str::from_utf8(&buf[r.0 as usize..r.1 as usize])
                 .ok()?
                 .trim()
@@ -334,18 +336,18 @@ impl ValueEncoder {
             let e = &entries[i as usize];
             &buf[e.start as usize..e.end as usize]
         };
+        // each key parsed once, not once per comparison; entries without a numeric key sort last
+        self.keyed.clear();
+        self.keyed.extend(
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (num(e).map_or((1, 0), |k| (0, k)), i as u32)),
+        );
+        self.keyed
+            .sort_by(|a, b| a.0.cmp(&b.0).then_with(|| bytes_of(a.1).cmp(bytes_of(b.1))));
         self.order.clear();
-        self.order.extend(0..entries.len() as u32);
-        self.order.sort_by(|&a, &b| {
-            let (ka, kb) = (num(a), num(b));
-            match (ka, kb) {
-                (Some(x), Some(y)) => x.cmp(&y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            }
-            .then_with(|| bytes_of(a).cmp(bytes_of(b)))
-        });
+        self.order.extend(self.keyed.iter().map(|k| k.1));
         self.scratch.clear();
         self.scratch.extend_from_slice(DOMAIN_DEVICES);
         for &i in &self.order {
@@ -458,5 +460,20 @@ mod tests {
         }
         enc.end();
         assert_eq!(a, enc.devices());
+        // keys that are no integers (or padded ones) sort too: any input order, one fingerprint
+        let fp = |keys: &[&str]| {
+            let mut enc = ValueEncoder::new();
+            enc.begin(b"ArrayOfVirtualDevice", false);
+            for k in keys {
+                dev(&mut enc, k);
+            }
+            enc.end();
+            enc.devices()
+        };
+        let keys = ["x", " 10 ", "2", "y", "-1", "x"];
+        let want = fp(&keys);
+        assert_eq!(want, fp(&["y", "x", "2", "x", " 10 ", "-1"]));
+        assert_eq!(want, fp(&["2", "-1", "x", "y", "x", " 10 "]));
+        assert_ne!(want, fp(&["x", " 10 ", "2", "y", "-1"]));
     }
 }

@@ -13,7 +13,8 @@
 //! so the decoder may skip the object update around it; any other error ends the document.
 
 use crate::errors::quote;
-use memchr::{memchr, memchr2, memchr3, memmem};
+use crate::scan::{self, Backend, Scanner};
+use memchr::{memchr, memchr2, memmem};
 
 /// A token; every slice borrows from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +109,8 @@ fn is_space(b: u8) -> bool {
 
 pub struct Tokenizer<'a> {
     buf: &'a [u8],
+    /// Where the structural bytes are (scan.rs).
+    scan: Scanner<'a>,
     pos: usize,
     /// Names of open elements.
     open: Vec<&'a [u8]>,
@@ -120,8 +123,14 @@ pub struct Tokenizer<'a> {
 impl<'a> Tokenizer<'a> {
     /// A tokenizer over `buf`; a UTF-8 byte order mark is skipped (offsets still count it).
     pub fn new(buf: &'a [u8], max_depth: usize) -> Self {
+        Self::with_backend(buf, max_depth, Backend::detect())
+    }
+
+    /// As [`new`](Self::new), with the given structural scan backend (tests compare them).
+    pub fn with_backend(buf: &'a [u8], max_depth: usize, backend: Backend) -> Self {
         Tokenizer {
             buf,
+            scan: Scanner::new(buf, backend),
             pos: if buf.starts_with(BOM) { BOM.len() } else { 0 },
             open: Vec::with_capacity(32),
             max_depth,
@@ -133,6 +142,11 @@ impl<'a> Tokenizer<'a> {
     #[inline]
     pub fn pos(&self) -> usize {
         self.pos
+    }
+
+    /// The structural scan backend in use.
+    pub fn backend(&self) -> Backend {
+        self.scan.backend()
     }
 
     /// Number of open elements.
@@ -163,7 +177,7 @@ impl<'a> Tokenizer<'a> {
                 return Ok(Tok::Eof);
             }
             if buf[start] != b'<' {
-                let end = memchr(b'<', &buf[start..]).map_or(buf.len(), |i| start + i);
+                let end = self.scan.find(start + 1, |m| m.lt).unwrap_or(buf.len());
                 self.pos = end;
                 return Ok(Tok::Text(&buf[start..end]));
             }
@@ -228,7 +242,18 @@ impl<'a> Tokenizer<'a> {
     fn end_tag(&mut self, start: usize) -> Result<Tok<'a>, XmlError> {
         let buf = self.buf;
         let from = start + 2;
-        let Some(i) = memchr(b'>', &buf[from..]) else {
+        // fast path: `</name>` closing the innermost open element (a name never contains '>')
+        if self.excess == 0 {
+            if let Some(&open) = self.open.last() {
+                let end = from + open.len();
+                if buf.get(end) == Some(&b'>') && &buf[from..end] == open {
+                    self.open.pop();
+                    self.pos = end + 1;
+                    return Ok(Tok::End { name: &buf[from..end] });
+                }
+            }
+        }
+        let Some(i) = self.scan.find(from, |m| m.gt).map(|at| at - from) else {
             return Err(err("xml_syntax", "unclosed end tag", start));
         };
         let mut name = &buf[from..from + i];
@@ -263,13 +288,9 @@ impl<'a> Tokenizer<'a> {
         let buf = self.buf;
         let from = start + 1;
         // name: up to whitespace, '/' or '>'
-        let mut i = from;
-        while i < buf.len() {
-            match NAME_CLASS[buf[i] as usize] {
-                NAME_BYTE => i += 1,
-                NAME_END => break,
-                _ => return Err(err("xml_syntax", "invalid character in element name", i)),
-            }
+        let i = scan::name_end(buf, from, self.scan.backend());
+        if i < buf.len() && NAME_CLASS[buf[i] as usize] == NAME_BAD {
+            return Err(err("xml_syntax", "invalid character in element name", i));
         }
         let name = &buf[from..i];
         if name.is_empty() {
@@ -289,15 +310,19 @@ impl<'a> Tokenizer<'a> {
         let mut j = i;
         let mut values = 0usize;
         loop {
-            let Some(k) = memchr3(b'>', b'"', b'\'', &buf[j..]) else {
+            let Some(at) = self.scan.find(j, |m| m.gt | m.quot | m.apos) else {
                 return Err(err("xml_syntax", "unclosed start tag", start));
             };
-            let at = j + k;
             if buf[at] == b'>' {
                 j = at;
                 break;
             }
-            let Some(q) = memchr(buf[at], &buf[at + 1..]) else {
+            let close = if buf[at] == b'"' {
+                self.scan.find(at + 1, |m| m.quot)
+            } else {
+                self.scan.find(at + 1, |m| m.apos)
+            };
+            let Some(q) = close.map(|c| c - (at + 1)) else {
                 return Err(err("xml_syntax", "unclosed attribute value", at));
             };
             if q > MAX_ATTR_VALUE_LEN && broken.is_none() {
@@ -307,7 +332,7 @@ impl<'a> Tokenizer<'a> {
                     at,
                 ));
             }
-            if memchr(b'<', &buf[at + 1..at + 1 + q]).is_some() {
+            if self.scan.find_in(at + 1, at + 1 + q, |m| m.lt).is_some() {
                 return Err(err("xml_syntax", "'<' in an attribute value", at));
             }
             values += 1;
@@ -349,11 +374,17 @@ impl<'a> Tokenizer<'a> {
 pub struct Attrs<'a> {
     buf: &'a [u8],
     pos: usize,
+    backend: Backend,
 }
 
 impl<'a> Attrs<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Attrs { buf, pos: 0 }
+        Self::with_backend(buf, Backend::detect())
+    }
+
+    /// As [`new`](Self::new), with the given scan backend (the tokenizer's).
+    pub fn with_backend(buf: &'a [u8], backend: Backend) -> Self {
+        Attrs { buf, pos: 0, backend }
     }
 }
 
@@ -370,9 +401,7 @@ impl<'a> Iterator for Attrs<'a> {
             return None;
         }
         let key_start = i;
-        while i < b.len() && b[i] != b'=' && !is_space(b[i]) {
-            i += 1;
-        }
+        i = scan::key_end(b, i, self.backend);
         let key = &b[key_start..i];
         while i < b.len() && is_space(b[i]) {
             i += 1;
@@ -393,7 +422,8 @@ impl<'a> Iterator for Attrs<'a> {
             }
         };
         let v_start = i + 1;
-        let Some(len) = memchr(quote, &b[v_start..]) else {
+        let end = scan::find_byte(b, v_start, quote, self.backend);
+        let Some(len) = (end < b.len()).then(|| end - v_start) else {
             self.pos = b.len();
             return Some(Err(key_start));
         };
@@ -601,6 +631,136 @@ mod tests {
         assert!(!t.next_tok().unwrap_err().recoverable);
     }
 
+    /// Every token and error (or the end) of `doc`, with the offset after each.
+    fn stream(doc: &[u8], backend: Backend, depth: usize) -> Vec<(Result<Tok<'_>, XmlError>, usize)> {
+        let mut t = Tokenizer::with_backend(doc, depth, backend);
+        let mut out = Vec::new();
+        for _ in 0..doc.len() + 2 {
+            let r = t.next_tok();
+            let done = matches!(r, Ok(Tok::Eof)) || matches!(&r, Err(e) if !e.recoverable);
+            out.push((r, t.pos()));
+            if done {
+                break;
+            }
+        }
+        out
+    }
+
+    fn lcg(seed: &mut u64) -> u64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed >> 33
+    }
+
+    /// Random documents built from XML fragments, well-formed and not: both scan backends must give
+    /// the same tokens, errors, offsets and positions (`VMWATCH_XML_SCALAR=1 cargo test` also runs
+    /// every other test on the scalar one).
+    #[test]
+    fn scalar_and_simd_backends_give_identical_streams() {
+        const PIECES: &[&str] = &[
+            "<a>",
+            "</a>",
+            "<b x='1'>",
+            "</b>",
+            "<c/>",
+            "<d y=\"v\" z='w'/>",
+            "text",
+            " ",
+            "\n\t",
+            "&amp;",
+            "&",
+            "<!-- c -->",
+            "<!--",
+            "-->",
+            "<![CDATA[x<y]]>",
+            "<![CDATA[",
+            "]]>",
+            "<?xml version='1.0'?>",
+            "<?pi?>",
+            "<!DOCTYPE x>",
+            "<",
+            ">",
+            "'",
+            "\"",
+            "=",
+            "/",
+            "</",
+            "/>",
+            "<e a='<'>",
+            "<e a='>'>",
+            "</a >",
+            "<f\ta='1'\n/>",
+            "<ns:g xmlns:ns='u'>",
+            "</ns:g>",
+            "<",
+            "é",
+            "<h a=\"",
+            "<\u{e9}l>",
+            "</\u{e9}l>",
+            "\u{feff}",
+        ];
+        let mut seed = 0x5eed;
+        let mut long = 0;
+        for round in 0..4000 {
+            let n = 1 + lcg(&mut seed) as usize % 40;
+            let mut doc = String::new();
+            for _ in 0..n {
+                doc.push_str(PIECES[lcg(&mut seed) as usize % PIECES.len()]);
+                // long names, values and text cross the 16- and 64-byte boundaries of the scan
+                if lcg(&mut seed) % 10 == 0 {
+                    let len = lcg(&mut seed) as usize % 150;
+                    doc.push_str(&"n".repeat(len));
+                    long += 1;
+                }
+            }
+            if round % 50 == 0 {
+                doc = format!("<r>{}{}", "<a>".repeat(round / 50), doc);
+            }
+            let depth = 1 + lcg(&mut seed) as usize % 8;
+            let scalar = stream(doc.as_bytes(), Backend::Scalar, depth);
+            let simd = stream(doc.as_bytes(), Backend::best(), depth);
+            assert_eq!(scalar, simd, "{doc:?}");
+            for (tok, _) in &scalar {
+                if let Ok(Tok::Start { attrs, .. }) = tok {
+                    let a: Vec<_> = Attrs::with_backend(attrs, Backend::Scalar).collect();
+                    let b: Vec<_> = Attrs::with_backend(attrs, Backend::best()).collect();
+                    assert_eq!(a, b, "{attrs:?}");
+                }
+            }
+        }
+        assert!(long > 1000);
+    }
+
+    #[test]
+    fn limits_hold_on_both_backends() {
+        for backend in [Backend::Scalar, Backend::best()] {
+            let run = |doc: &str| {
+                let mut t = Tokenizer::with_backend(doc.as_bytes(), 64, backend);
+                loop {
+                    match t.next_tok() {
+                        Ok(Tok::Eof) => return None,
+                        Ok(_) => {}
+                        Err(e) => return Some((e.kind, e.offset)),
+                    }
+                }
+            };
+            assert_eq!(run(&"<a>".repeat(65)), Some(("too_deep", 64 * 3)));
+            let at = format!("<a x='{}'/>", "v".repeat(MAX_ATTR_VALUE_LEN + 1));
+            assert_eq!(run(&at), Some(("too_long", 5)));
+            let tag = format!(
+                "<a{}/>",
+                (0..MAX_ATTRS + 1).map(|i| format!(" a{i}=''")).collect::<String>()
+            );
+            assert_eq!(run(&tag), Some(("too_many_attributes", 0)));
+            assert_eq!(
+                run(&format!("<r><{}/></r>", "n".repeat(MAX_NAME_LEN + 1))),
+                Some(("too_long", 3))
+            );
+            assert_eq!(run("<a x='<'/>"), Some(("xml_syntax", 5)));
+            assert_eq!(run(&format!("<{}&/>", "n".repeat(40))), Some(("xml_syntax", 41)));
+            assert_eq!(run(&format!("<a>{}</b>", "t".repeat(100))), Some(("xml_syntax", 103)));
+        }
+    }
+
     #[test]
     fn messages_quote_little_of_the_input() {
         let long = "n".repeat(50 << 20);
@@ -611,10 +771,22 @@ mod tests {
 
     #[test]
     fn attributes() {
-        let a: Vec<_> = Attrs::new(b" a='1' b = \"x y\"").collect();
-        assert_eq!(a, vec![Ok((&b"a"[..], &b"1"[..])), Ok((&b"b"[..], &b"x y"[..]))]);
-        assert!(Attrs::new(b" a").next().unwrap().is_err());
-        assert!(Attrs::new(b" a=1").next().unwrap().is_err());
+        for backend in [Backend::Scalar, Backend::best()] {
+            let a: Vec<_> = Attrs::with_backend(b" a='1' b = \"x y\"", backend).collect();
+            assert_eq!(a, vec![Ok((&b"a"[..], &b"1"[..])), Ok((&b"b"[..], &b"x y"[..]))]);
+            assert!(Attrs::with_backend(b" a", backend).next().unwrap().is_err());
+            assert!(Attrs::with_backend(b" a=1", backend).next().unwrap().is_err());
+            let long = format!(" {}='{}' k=\"{}\"", "n".repeat(40), "v".repeat(50), "'".repeat(20));
+            let a: Vec<_> = Attrs::with_backend(long.as_bytes(), backend).collect();
+            assert_eq!(a.len(), 2);
+            assert_eq!(a[1], Ok((&b"k"[..], "'".repeat(20).as_bytes())));
+            assert!(
+                Attrs::with_backend(format!(" k='{}", "v".repeat(40)).as_bytes(), backend)
+                    .next()
+                    .unwrap()
+                    .is_err()
+            );
+        }
     }
 
     #[test]
