@@ -49,21 +49,33 @@ def peak_rss_bytes(pid: int) -> int:
     return 0
 
 
-def watch_args(vc: Any, folder: str) -> list[str]:
-    return ['watch', '--vc-url', vc.url, '--vc-user', vc.user, '--vc-password-file', str(vc.password_file),
-            '--vc-ca-file', str(vc.ca_file), '--container', folder]  # fmt: skip
+def watch_args(vc: Any, folder: str, python: str = sys.executable) -> list[str]:
+    """`vmwatch watch`'s flags; a build from before issue 14 calls them --server, --user, ..."""
+    helps = subprocess.run([python, '-c', LAUNCH, 'watch', '--help'], capture_output=True, text=True, check=False)
+    if '--vc-url' in helps.stdout:
+        names = ('--vc-url', '--vc-user', '--vc-password-file', '--vc-ca-file')
+    else:
+        names = ('--server', '--user', '--password-file', '--ca-file')
+    values = (vc.url, vc.user, str(vc.password_file), str(vc.ca_file))
+    return ['watch', *(x for pair in zip(names, values, strict=True) for x in pair), '--container', folder]
 
 
 def run_once(
-    vc: Any, folder: str, vms: int, timeout_s: float = 600.0, prefix: list[str] | None = None
+    vc: Any,
+    folder: str,
+    vms: int,
+    timeout_s: float = 600.0,
+    prefix: list[str] | None = None,
+    python: str = sys.executable,
 ) -> dict[str, Any]:
-    """One fresh `vmwatch watch` process up to its `vms`-th signal line."""
+    """One fresh `vmwatch watch` process (of the vmwatch `python` imports) up to its `vms`-th signal line."""
+    args = watch_args(vc, folder, python)
     t0 = time.perf_counter()
-    cmd = [*(prefix or []), sys.executable, '-c', LAUNCH, *watch_args(vc, folder)]
+    cmd = [*(prefix or []), python, '-c', LAUNCH, *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     assert proc.stdout is not None
     pid = proc.pid
-    lines, buf = 0, b''
+    lines = 0
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     cpu = rss = 0.0
@@ -74,9 +86,7 @@ def run_once(
                 raise RuntimeError(f'vmwatch watch gave {lines} of {vms} signals: {err}')
             if not sel.select(timeout=1.0):
                 continue
-            chunk = os.read(proc.stdout.fileno(), 1 << 20)
-            buf += chunk
-            lines += chunk.count(b'\n')
+            lines += os.read(proc.stdout.fileno(), 1 << 20).count(b'\n')
         wall = time.perf_counter() - t0
         if prefix is None:  # under py-spy the child is py-spy itself
             cpu, rss = cpu_s(pid), peak_rss_bytes(pid)
@@ -90,7 +100,18 @@ def run_once(
     return {'seconds': wall, 'cpu_s': cpu, 'peak_rss_bytes': rss, 'signals': lines}
 
 
-def bench(vms: int, runs: int, tmp: Path) -> dict[str, Any]:
+def medians(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    med = {k: statistics.median(s[k] for s in samples) for k in ('seconds', 'cpu_s', 'peak_rss_bytes')}
+    return {
+        'median_seconds': round(med['seconds'], 3),
+        'median_cpu_s': round(med['cpu_s'], 3),
+        'median_peak_rss_mib': round(med['peak_rss_bytes'] / 2**20, 1),
+        'samples': samples,
+    }
+
+
+def bench(vms: int, runs: int, tmp: Path, baseline: str | None = None) -> dict[str, Any]:
+    """Medians of `runs` fresh processes; with `baseline` (another venv's python), its runs alternate with ours."""
     vc = start_vcsim(vms, tmp / f'vcsim-{vms}')
     try:
         folder, listed = inventory(vc)
@@ -98,18 +119,18 @@ def bench(vms: int, runs: int, tmp: Path) -> dict[str, Any]:
         name_unverified(vc, NS, listed, 1)
         prepare_s = time.perf_counter() - t
         run_once(vc, folder, len(listed))  # warm vcsim's own caches once; not counted
-        samples = [run_once(vc, folder, len(listed)) for _ in range(runs)]
+        ours, theirs = [], []
+        for _ in range(runs):
+            ours.append(run_once(vc, folder, len(listed)))
+            if baseline:
+                theirs.append(run_once(vc, folder, len(listed), python=baseline))
     finally:
         vc.stop()
-    med = {k: statistics.median(s[k] for s in samples) for k in ('seconds', 'cpu_s', 'peak_rss_bytes')}
-    return {
-        'vms': len(listed),
-        'median_seconds': round(med['seconds'], 3),
-        'median_cpu_s': round(med['cpu_s'], 3),
-        'median_peak_rss_mib': round(med['peak_rss_bytes'] / 2**20, 1),
-        'prepare_s': round(prepare_s, 1),
-        'samples': samples,
-    }
+    row = {'vms': len(listed), **medians(ours), 'prepare_s': round(prepare_s, 1)}
+    if baseline:
+        row['baseline'] = {'python': baseline, **medians(theirs)}
+        row['cpu_ratio_baseline_over_ours'] = round(row['baseline']['median_cpu_s'] / row['median_cpu_s'], 3)
+    return row
 
 
 def profile(vms: int, tmp: Path, out: Path) -> Path:
@@ -218,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--runs', type=int, default=3)
     p.add_argument('--out', type=Path, default=ROOT / 'benches' / 'results')
     p.add_argument('--label', default='', help='suffix of the result file, e.g. "before"')
+    p.add_argument(
+        '--baseline-python', help="another build's venv python: its `vmwatch watch` runs alternate with ours"
+    )
     p.add_argument('--profile', type=int, metavar='VMS', help='profile one run with py-spy instead')
     p.add_argument('--breakdown', type=int, metavar='VMS', help='split the CPU of in-process runs instead')
     p.add_argument('--breakdown-child', type=Path, help=argparse.SUPPRESS)
@@ -240,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         rows = {}
         for n in opts.vms:
-            rows[str(n)] = bench(n, opts.runs, Path(tmp))
+            rows[str(n)] = bench(n, opts.runs, Path(tmp), opts.baseline_python)
             print(f'{n:>6} VMs: { ({k: v for k, v in rows[str(n)].items() if k != "samples"}) }', file=sys.stderr)
     result = {
         'date': date,
@@ -248,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         'versions': versions(),
         'runs': opts.runs,
         'rows': rows,
-        'summary': {n: {k: v for k, v in r.items() if k != 'samples'} for n, r in rows.items()},
+        'summary': {
+            n: {k: v for k, v in r.items() if k != 'samples'}
+            | ({'baseline': {k: v for k, v in r['baseline'].items() if k != 'samples'}} if 'baseline' in r else {})
+            for n, r in rows.items()
+        },
     }
     write_result(opts.out, stem, result)
     return 0
