@@ -33,7 +33,9 @@ def events(core: client.CoreV1Api, namespace: str, zone_name: str) -> list[Any]:
 
 
 def reasons(core: client.CoreV1Api, namespace: str, zone_name: str) -> list[str]:
-    return [e.reason for e in sorted(events(core, namespace, zone_name), key=lambda e: e.metadata.creation_timestamp)]
+    # in the order written: creation timestamps have whole seconds, etcd's resourceVersions grow
+    written = sorted(events(core, namespace, zone_name), key=lambda e: int(e.metadata.resource_version))
+    return [e.reason for e in written]
 
 
 def test_zone_events_folder_watched_missing_and_removed(run_env: Any, kube_api: Any) -> None:  # noqa: F811
