@@ -12,6 +12,7 @@ another vCenter is skipped (`other_vcenter`): `vm-42` on vCenter A never signals
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from vmwatch._vmwatch import Signal
@@ -61,19 +62,21 @@ class SignalIntake:
         """Signals taken from the watcher and not yet enqueued or dropped (a validation GET in flight)."""
         return self._validating
 
-    async def handle(self, signal: Signal) -> None:
+    async def handle(self, signal: Signal, *, arrived_at: float | None = None) -> None:
+        """Enqueue `signal` (or drop it); `arrived_at`: time.monotonic() when its response arrived, for the
+        change -> enqueue latency."""
         key: Key = (signal.namespace, signal.name)
         self._validating += 1
         if self.index.get(*key, vcenter=self.vcenter) is not None and not self._validations.busy(key):
             try:
-                await self._validate_and_enqueue(signal)
+                await self._validate_and_enqueue(signal, arrived_at)
             finally:
                 self._validating -= 1
             return
 
         async def validate() -> None:
             try:
-                await self._validate_and_enqueue(signal)
+                await self._validate_and_enqueue(signal, arrived_at)
             finally:
                 self._validating -= 1
 
@@ -83,8 +86,8 @@ class SignalIntake:
             self._validating -= 1
             raise
 
-    async def _validate_and_enqueue(self, signal: Signal) -> None:
-        self.metrics.signals.inc()
+    async def _validate_and_enqueue(self, signal: Signal, arrived_at: float | None) -> None:
+        self.metrics.signal(signal.reason)
         entry = self.index.get(signal.namespace, signal.name, vcenter=self.vcenter)
         if entry is None:
             if self.index.owner(signal.namespace, signal.name):  # indexed for another vCenter
@@ -101,6 +104,8 @@ class SignalIntake:
             return
         key: Key = (signal.namespace, signal.name)
         if self.queue.add(key, priority=priority):
+            if arrived_at is not None:
+                self.metrics.enqueue_seconds.observe(time.monotonic() - arrived_at)
             self.ledger.enqueued(key, signal)
         else:
             self._refused(signal)

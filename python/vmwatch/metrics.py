@@ -2,20 +2,33 @@
 """Prometheus metrics and the health endpoints (/healthz, /readyz, /metrics) of the service.
 
 Names follow client-go's workqueue metrics and controller-runtime's leader-election gauge where they
-overlap; vmwatch's own are prefixed `vmwatch_`. Each service instance owns a registry, so tests can
-run several services in one process.
+overlap; vmwatch's own are prefixed `vmwatch_`, with units in their names and `_total` on counters. Each
+service instance owns a registry, so tests can run several services in one process; it carries the
+process_* and python_* collectors as the default registry does. No `*_created` series is exported: the
+exposition leaves them out for this registry only (prometheus_client's `disable_created_metrics()` is
+process-global and would change the series of an operator embedding vmwatch).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 if TYPE_CHECKING:
     from vmwatch.kube.listwatch import BadObjects
@@ -25,21 +38,69 @@ __all__ = ['CheckpointMetrics', 'HealthServer', 'Metrics', 'ShardMetrics']
 
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+# Watcher.stats keys copied into per-vCenter counters at each scrape (ShardMetrics.observe_watcher); the
+# object update kinds go to vmwatch_object_updates_total{kind}
+_WATCHER_COUNTERS = ('batches', 'truncated', 'resyncs', 'decoded_bytes', 'name_fetches')
+_KINDS = ('enter', 'modify', 'leave')
+
+
+class _WithoutCreated:
+    """A registry's families without their `*_created` samples (what `generate_latest` reads)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith('_created')]
+            yield family
+
 
 class Metrics:
     """Every metric vmwatch exports, registered in one registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.registry = r = registry
         # per vCenter (label vcenter): its shard's watcher, fingerprint cache and index (Metrics.shard)
         v = ['vcenter']
         self.watcher_restarts = Counter(
             'vmwatch_watcher_restarts', 'Watcher restarts by cause.', [*v, 'cause'], registry=r
         )
         self.batches = Counter('vmwatch_batches', 'WaitForUpdatesEx responses decoded.', v, registry=r)
-        self.object_updates = Counter('vmwatch_object_updates', 'Object updates decoded.', v, registry=r)
-        self.signals = Counter('vmwatch_signals', 'Signals emitted (real changes).', v, registry=r)
+        self.object_updates = Counter(
+            'vmwatch_object_updates', 'Object updates decoded, by kind (enter, modify, leave).', [*v, 'kind'],
+            registry=r,
+        )  # fmt: skip
+        self.signals = Counter(
+            'vmwatch_signals', 'Signals emitted (real changes), by reason (changed, entered, left, undelivered).',
+            [*v, 'reason'], registry=r,
+        )  # fmt: skip
+        self.decoded_bytes = Counter(
+            'vmwatch_decoded_bytes', 'Bytes of WaitForUpdatesEx responses decoded.', v, registry=r
+        )
+        self.truncated = Counter(
+            'vmwatch_truncated_pages', 'WaitForUpdatesEx responses truncated by maxObjectUpdates (more follow).', v,
+            registry=r,
+        )  # fmt: skip
+        self.resyncs = Counter(
+            'vmwatch_resyncs', 'Restarts from scratch after InvalidCollectorVersion (vCenter re-sends every object).',
+            v, registry=r,
+        )  # fmt: skip
+        self.enqueue_seconds = Histogram(
+            'vmwatch_change_enqueue_seconds',
+            'From the arrival of the WaitForUpdatesEx response carrying a change to its request entering the queue.',
+            v, buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.version_lag = Gauge(
+            'vmwatch_collector_version_lag_seconds',
+            'Seconds since the last WaitForUpdatesEx response (at most max_wait while healthy), held shards only.',
+            v, registry=r,
+        )  # fmt: skip
         self.skipped = Counter(
             'vmwatch_skipped', 'Object updates that did not signal, by reason.', [*v, 'reason'], registry=r
         )
@@ -58,10 +119,11 @@ class Metrics:
             v,
             registry=r,
         )
-        self.cache_hits = Gauge('vmwatch_cache_hits', 'Fingerprint cache hits (cumulative).', v, registry=r)
-        self.cache_misses = Gauge('vmwatch_cache_misses', 'Fingerprint cache misses (cumulative).', v, registry=r)
-        self.cache_evictions = Gauge('vmwatch_cache_evictions', 'Fingerprint cache evictions (cumulative).', v,
-                                     registry=r)  # fmt: skip
+        self.cache_hits = Counter('vmwatch_cache_hits', 'Fingerprint cache hits.', v, registry=r)
+        self.cache_misses = Counter('vmwatch_cache_misses', 'Fingerprint cache misses.', v, registry=r)
+        self.cache_evictions = Counter(
+            'vmwatch_cache_evictions', 'Fingerprint cache evictions (LRU or TTL).', v, registry=r
+        )
         self.cache_items = Gauge('vmwatch_cache_items', 'VMs in the fingerprint cache.', v, registry=r)
         self.cache_bytes = Gauge('vmwatch_cache_bytes', 'Approximate bytes held by the fingerprint cache.', v,
                                  registry=r)  # fmt: skip
@@ -90,6 +152,16 @@ class Metrics:
             'workqueue_work_duration_seconds', 'Time handling one item.', ['name'], buckets=_LATENCY_BUCKETS, registry=r
         )
         self.queue_retries = Counter('workqueue_retries', 'Rate-limited retries.', ['name'], registry=r)
+        self.queue_unfinished = Gauge(
+            'workqueue_unfinished_work_seconds',
+            'Seconds of work in progress not yet observed by work_duration (the sum of the age of items being '
+            'processed); large values mean stuck workers.',
+            ['name'], registry=r,
+        )  # fmt: skip
+        self.queue_longest = Gauge(
+            'workqueue_longest_running_processor_seconds',
+            'Seconds the longest-running item being processed has been at it.', ['name'], registry=r,
+        )  # fmt: skip
         # controller-runtime's leader-election gauge
         self.leader = Gauge(
             'leader_election_master_status', '1 while this replica holds the Lease.', ['name'], registry=r
@@ -148,6 +220,9 @@ class Metrics:
     def observe_queues(self) -> None:
         for name, (queue, seen) in self._queues.items():
             self.queue_depth.labels(name=name).set(len(queue))
+            ages = queue.processing_ages_s()
+            self.queue_unfinished.labels(name=name).set(sum(ages))
+            self.queue_longest.labels(name=name).set(max(ages, default=0.0))
             for key, counter in (('adds', self.queue_adds), ('retries', self.queue_retries)):
                 value = getattr(queue.metrics, key)
                 if value > seen[key]:
@@ -163,7 +238,7 @@ class Metrics:
             self.lease_holder.labels(name=lease, identity=identity).set(1)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))
 
     def watch_feed(self, resource: str, bad_objects: BadObjects) -> None:
         """Count `bad_objects`' reports (a ListWatch's) as vmwatch_bad_objects_total{resource=`resource`}."""
@@ -177,8 +252,7 @@ class ShardMetrics:
     def __init__(self, metrics: Metrics, vcenter: str) -> None:
         m, self.vcenter = metrics, vcenter
         self.batches = m.batches.labels(vcenter)
-        self.object_updates = m.object_updates.labels(vcenter)
-        self.signals = m.signals.labels(vcenter)
+        self.enqueue_seconds = m.enqueue_seconds.labels(vcenter)
         self.validation_gets = m.validation_gets.labels(vcenter)
         self.name_fetches = m.name_fetches.labels(vcenter)
         self.batch_seconds = m.batch_seconds.labels(vcenter)
@@ -190,19 +264,52 @@ class ShardMetrics:
         self.dropped = m.dropped.labels(name='virtualmachine')
         self.checkpoint = CheckpointMetrics(m.checkpoint, vcenter)
         self._m = m
+        self._counters = {key: getattr(m, key).labels(vcenter) for key in _WATCHER_COUNTERS}
+        self._counters.update({f'objects_{kind}': m.object_updates.labels(vcenter, kind) for kind in _KINDS})
+        self._cache_seen: dict[str, int] = {}
 
     def restart(self, cause: str) -> None:
         self._m.watcher_restarts.labels(self.vcenter, cause).inc()
+
+    def signal(self, reason: str) -> None:
+        self._m.signals.labels(self.vcenter, reason).inc()
+
+    def observe_watcher(self, stats: Mapping[str, int], seen: dict[str, int]) -> bool:
+        """Copy a watcher's counts (batches, truncated, resyncs, decoded_bytes, name_fetches, objects by kind)
+        into their counters; `seen` as in observe_problems. True when a response was processed since."""
+        batches = seen.get('batches', 0)
+        for key, counter in self._counters.items():
+            delta = stats.get(key, 0) - seen.get(key, 0)
+            if delta > 0:
+                counter.inc(delta)
+                seen[key] = stats[key]
+        return seen.get('batches', 0) > batches
+
+    def observe_lag(self, lag_s: float | None) -> None:
+        """Set vmwatch_collector_version_lag_seconds, or remove it (None: this replica does not watch)."""
+        if lag_s is None:
+            try:
+                self._m.version_lag.remove(self.vcenter)
+            except KeyError:
+                pass
+        else:
+            self._m.version_lag.labels(self.vcenter).set(lag_s)
 
     def skipped(self, reason: str) -> None:
         self._m.skipped.labels(self.vcenter, reason).inc()
 
     def observe_cache(self, stats: dict[str, int]) -> None:
-        """Copy Decider.cache_stats() into the gauges."""
-        m, v = self._m, self.vcenter
-        m.cache_hits.labels(v).set(stats.get('hits', 0))
-        m.cache_misses.labels(v).set(stats.get('misses', 0))
-        m.cache_evictions.labels(v).set(stats.get('evicted', 0) + stats.get('expired', 0))
+        """Copy Decider.cache_stats() (cumulative since the Decider was made) into the counters, and its size
+        into the gauges."""
+        m, v, seen = self._m, self.vcenter, self._cache_seen
+        totals = {'hits': stats.get('hits', 0), 'misses': stats.get('misses', 0),
+                  'evictions': stats.get('evicted', 0) + stats.get('expired', 0)}  # fmt: skip
+        for key, counter in (('hits', m.cache_hits), ('misses', m.cache_misses), ('evictions', m.cache_evictions)):
+            before = seen.get(key, 0)
+            delta = totals[key] - before if totals[key] >= before else totals[key]  # a new Decider counts from 0
+            if delta > 0:
+                counter.labels(v).inc(delta)
+            seen[key] = totals[key]
         m.cache_items.labels(v).set(stats.get('items', 0))
         m.cache_bytes.labels(v).set(stats.get('bytes', 0))
 

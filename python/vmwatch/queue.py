@@ -231,6 +231,12 @@ class WorkQueue:
         """Keys handed out and not yet done."""
         return len(self._processing)
 
+    def processing_ages_s(self) -> list[float]:
+        """How long each key being processed has been at it (client-go's unfinished work and longest running
+        processor gauges). Safe from any thread: one C-level copy of the table."""
+        now = self._loop.time() if self._loop is not None else time.monotonic()
+        return [now - started for started, _priority in list(self._processing.values())]
+
     @property
     def shutting_down(self) -> bool:
         return self._shutting_down

@@ -101,6 +101,8 @@ class Shard:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._metrics_watcher: Watcher | None = None
         self._metrics_seen: dict[str, int] = {}
+        self._last_response_at: float | None = None  # any watcher's (monotonic), for the version lag
+        self._held_since: float | None = None
 
     # -- health ---------------------------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
@@ -118,6 +120,8 @@ class Shard:
     # -- lifecycle ------------------------------------------------------------------------------------
     def start_watching(self) -> None:
         """Become this vCenter's watcher (this replica holds its Lease, or needs none)."""
+        if not self.active:
+            self._held_since, self._last_response_at = time.monotonic(), None
         self.held = True
         if self.disabled:
             log.info('async signal is disabled (ASYNC_SIGNAL_DISABLED / ASYNC_SIGNAL_ENABLED): not watching')
@@ -243,7 +247,7 @@ class Shard:
                 self.zones.requeue_all()  # zones added while no watcher ran are added now
                 self.metrics.last_wait.set_to_current_time()
                 async for signal in watcher:
-                    await self.intake.handle(signal)
+                    await self.intake.handle(signal, arrived_at=watcher.responses.taken_at)
                 if watcher.error is not None:
                     raise watcher.error
         finally:
@@ -305,23 +309,18 @@ class Shard:
         if watcher is not None:
             if watcher is not self._metrics_watcher:  # a new watcher counts from zero
                 self._metrics_watcher, self._metrics_seen = watcher, {}
-            for key, counter in (
-                ('batches', m.batches),
-                ('objects', m.object_updates),
-                ('name_fetches', m.name_fetches),
-            ):
-                value = watcher.stats[key]
-                delta = value - self._metrics_seen.get(key, 0)
-                if delta > 0:
-                    counter.inc(delta)
-                    self._metrics_seen[key] = value
-                    if key == 'batches':
-                        m.last_wait.set_to_current_time()
+            if m.observe_watcher(watcher.stats, self._metrics_seen):
+                m.last_wait.set_to_current_time()
+            if watcher.responses.last_response_at is not None:
+                self._last_response_at = watcher.responses.last_response_at
             m.observe_skips(watcher.stats, self._metrics_seen)
             m.observe_problems(watcher.stats, self._metrics_seen)
             times = watcher.decide_seconds
             while times:
                 m.batch_seconds.observe(times.popleft())
         m.observe_cache(self.decider.cache_stats())
+        # seconds since the last response, while this replica watches the vCenter (from the start until one)
+        lag_from = self._last_response_at or self._held_since
+        m.observe_lag(time.monotonic() - lag_from if self.active and not self.disabled and lag_from else None)
         m.index_size.set(index_size)
         m.index_bytes.set(index_bytes)

@@ -38,6 +38,7 @@ from vmwatch._vmwatch import (
     parse_namespaced_name,
 )
 from vmwatch.problems import PROBLEMS
+from vmwatch.responses import ResponseLog
 from vmwatch.settings import FilterSettings, WatchSettings, async_signal_disabled
 from vmwatch.vsphere import (
     Collector,
@@ -137,6 +138,8 @@ class Watcher:
         self._cancel_grace_s = cancel_grace_s
         self._deliver_on_take = deliver_on_take
         self._synced = False  # a complete initial sync was processed
+        self.responses = ResponseLog()
+        """Arrival times, sizes and kinds of the responses (metrics: version lag, change -> enqueue latency)."""
         self.decide_seconds: deque[float] = deque(maxlen=4096)
         """Decode + decide time of each response not yet taken (`vmwatch_batch_duration_seconds`); bounded."""
 
@@ -341,6 +344,7 @@ class Watcher:
     def _pop(self) -> Signal:
         key = next(iter(self._signals))
         signal = self._signals.pop(key)
+        self.responses.take(key)
         self._space.set()
         if self._deliver_on_take:
             self.decider.delivered(signal.moref, signal.digest)
@@ -350,6 +354,7 @@ class Watcher:
         """Take every signal waiting now, without blocking."""
         out = list(self._signals.values())
         self._signals.clear()
+        self.responses.clear()
         self._space.set()
         if self._deliver_on_take:
             for signal in out:
@@ -377,6 +382,7 @@ class Watcher:
                 self._space.clear()
                 await self._space.wait()
             self._signals[key] = signal
+        self.responses.put(key)
         self.stats['signals'] += 1
         self._readable.set()
 
@@ -557,13 +563,17 @@ class Watcher:
         """One WaitForUpdatesEx round trip and its decision (runs in a thread; the core releases the GIL)."""
         assert self._collector is not None
         body = self._collector.wait(version, max_wait_s=max_wait_s)
+        self.responses.responded(body, self.stats)
         started = time.perf_counter()
         try:
-            return self.decider.decide(body)
+            outcome = self.decider.decide(body)
         except DecodeError as e:
             raise ProtocolError(f'WaitForUpdatesEx: undecodable response ({len(body)} bytes): {e}') from e
         finally:
             self.decide_seconds.append(time.perf_counter() - started)
+        if not isinstance(outcome, Fault):
+            self.responses.decided(body, outcome.objects, self.stats)
+        return outcome
 
     def _on_fault(self, fault: Fault, version: str) -> str:
         kind = fault.fault_type

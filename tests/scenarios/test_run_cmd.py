@@ -145,7 +145,8 @@ def test_run_signals_to_stdout_with_health_and_metrics(run_env: Any) -> None:
     assert 'vmwatch_signals_total' in metrics and 'leader_election_master_status{name="vmwatch"} 1.0' in metrics
     values = {ln.split(' ')[0]: float(ln.split(' ')[1]) for ln in metrics.splitlines() if ln and not ln.startswith('#')}
     vc = '{vcenter="default"}'  # the --vc-* flags' one vCenter: every per-vCenter series carries its name
-    assert values['vmwatch_batches_total' + vc] >= 1 and values['vmwatch_object_updates_total' + vc] >= 1, metrics
+    updates = values['vmwatch_object_updates_total{kind="enter",vcenter="default"}']  # by kind: enter, modify, leave
+    assert values['vmwatch_batches_total' + vc] >= 1 and updates >= 1, metrics
     assert values['vmwatch_cache_items' + vc] >= 1 and values['vmwatch_index_size' + vc] >= 1
     assert values['vmwatch_last_successful_wait_timestamp_seconds' + vc] > 0
     assert values['vmwatch_shard_held' + vc] == 1

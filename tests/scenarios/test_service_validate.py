@@ -29,7 +29,9 @@ VMS = ('vmoperator.vmware.com', 'v1alpha6', 'virtualmachines')
 
 def signal(moref: str, namespace: str, name: str) -> Any:
     """What _handle reads of a vmwatch Signal (the core's Signal has no Python constructor)."""
-    return SimpleNamespace(moref=moref, namespace=namespace, name=name, verified=False, deleting=False)
+    return SimpleNamespace(
+        moref=moref, namespace=namespace, name=name, verified=False, deleting=False, reason='changed'
+    )
 
 
 async def handle(service: Service, sig: Any) -> None:

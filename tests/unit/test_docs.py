@@ -56,7 +56,8 @@ def _metric_names() -> set[str]:
     """Every series name the exposition can carry (labelled families have no samples until first used)."""
     names = set()
     for metric in Metrics().registry.collect():
-        names.add(metric.name)
+        if metric.type != 'counter':  # a counter's family name alone is no series (renamed gauges end up here)
+            names.add(metric.name)
         names.update(metric.name + suffix for suffix in _SUFFIXES[metric.type])
     return names
 

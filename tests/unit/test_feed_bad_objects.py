@@ -177,6 +177,7 @@ class FakeSignal:
     name: str
     moref: str
     digest: int = 1
+    reason: str = 'changed'
 
 
 def service(queue: WorkQueue | None = None, **overrides: Any) -> Service:

@@ -40,7 +40,10 @@ def test_health_ready_and_metrics(health: tuple[HealthServer, Metrics, dict[str,
     code, body = _get(f'{base}/metrics')
     assert code == 200
     assert 'vmwatch_skipped_total{reason="unchanged",vcenter="vc-a"} 3.0' in body
-    assert 'vmwatch_cache_evictions{vcenter="vc-a"} 2.0' in body
+    assert 'vmwatch_cache_evictions_total{vcenter="vc-a"} 2.0' in body
+    assert '# TYPE vmwatch_cache_hits_total counter' in body  # cumulative: a counter, not a gauge
+    assert 'process_resident_memory_bytes' in body and 'python_info{' in body  # the default registry's collectors
+    assert '_created' not in body
     assert 'vmwatch_lease_holder{identity="replica-a",name="vmwatch-vc-a"} 1.0' in body
     assert _get(f'{base}/nope')[0] == 404
     server.detail = lambda: [('vcenter-a', True, 'watching'), ('vcenter-b', False, 'vCenter unreachable')]
@@ -80,3 +83,90 @@ async def test_each_queue_is_exported_under_its_own_name() -> None:
     assert value('workqueue_retries_total', {'name': 'virtualmachine'}) == 0
     assert value('workqueue_work_duration_seconds_count', {'name': 'zone'}) == 1
     assert value('workqueue_queue_duration_seconds_count', {'name': 'zone'}) == 1
+
+
+def test_cache_counters_follow_the_deciders_totals() -> None:
+    """Decider.cache_stats() is cumulative: each scrape adds the difference; a new Decider (0 again) counts on."""
+    metrics = Metrics()
+    shard = metrics.shard('vc-a')
+    value = metrics.registry.get_sample_value
+    shard.observe_cache({'hits': 5, 'misses': 2, 'evicted': 1, 'expired': 1})
+    shard.observe_cache({'hits': 7, 'misses': 2, 'evicted': 1, 'expired': 1})
+    assert value('vmwatch_cache_hits_total', {'vcenter': 'vc-a'}) == 7
+    assert value('vmwatch_cache_misses_total', {'vcenter': 'vc-a'}) == 2
+    assert value('vmwatch_cache_evictions_total', {'vcenter': 'vc-a'}) == 2
+    shard.observe_cache({'hits': 3})
+    assert value('vmwatch_cache_hits_total', {'vcenter': 'vc-a'}) == 10
+
+
+def test_no_created_series_and_no_global_change() -> None:
+    """The exposition drops every *_created sample of vmwatch's registry, and only there: prometheus_client's
+    own default (an embedding operator's registry) keeps them."""
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    metrics = Metrics()
+    metrics.shard('vc-a').restart('closed')
+    metrics.queue_latency.labels(name='x').observe(0.1)
+    text = metrics.exposition().decode()
+    assert 'vmwatch_watcher_restarts_total{cause="closed",vcenter="vc-a"} 1.0' in text
+    assert 'workqueue_queue_duration_seconds_count{name="x"} 1.0' in text
+    assert '_created' not in text
+    other = CollectorRegistry()
+    Counter('theirs', "an embedding application's counter", registry=other).inc()
+    assert b'theirs_created' in generate_latest(other)
+
+
+@pytest.mark.anyio
+async def test_unfinished_work_and_longest_running_processor() -> None:
+    """client-go semantics: the sum of the ages of the items being processed, and the oldest one; 0 when idle."""
+    import asyncio
+
+    from vmwatch.queue import WorkQueue
+
+    metrics = Metrics()
+    queue = WorkQueue()
+    metrics.watch_queue('virtualmachine', queue)
+    value = metrics.registry.get_sample_value
+    labels = {'name': 'virtualmachine'}
+    queue.add(('ns', 'a'))
+    queue.add(('ns', 'b'))
+    a = await queue.get()
+    await asyncio.sleep(0.2)
+    b = await queue.get()
+    await asyncio.sleep(0.1)
+    metrics.observe_queues()
+    longest = value('workqueue_longest_running_processor_seconds', labels)
+    unfinished = value('workqueue_unfinished_work_seconds', labels)
+    assert longest is not None and unfinished is not None
+    assert 0.3 <= longest < 5
+    assert longest + 0.1 <= unfinished < 2 * longest  # a (~0.3 s) + b (~0.1 s)
+    queue.done(a)
+    queue.done(b)
+    metrics.observe_queues()
+    assert value('workqueue_longest_running_processor_seconds', labels) == 0
+    assert value('workqueue_unfinished_work_seconds', labels) == 0
+
+
+def test_object_update_kinds_are_counted_from_the_body() -> None:
+    from collections import Counter
+
+    from vmwatch.responses import ResponseLog, count_kinds
+
+    body = (b'<objectSet><kind>enter</kind><obj type="VirtualMachine">vm-1</obj></objectSet>'
+            b'<objectSet><kind>modify</kind><obj type="VirtualMachine">vm-2</obj></objectSet>'
+            b'<objectSet><v:kind>leave</v:kind><obj type="VirtualMachine">vm-3</obj></objectSet>'
+            b'<objectSet><kind>enter</kind><obj type="VirtualMachine">vm-4</obj>'
+            b'<val>kind&gt;enter&lt;/kind</val></objectSet>')  # fmt: skip
+    assert count_kinds(body, 4) == (2, 1, 1)
+    stats: Counter[str] = Counter()
+    log = ResponseLog()
+    log.responded(body, stats)
+    log.decided(body, 4, stats)
+    assert stats == {'decoded_bytes': len(body), 'objects_enter': 2, 'objects_modify': 1, 'objects_leave': 1}
+    assert log.last_response_at is not None
+    log.put(('ns', 'a'))
+    first = log.last_response_at
+    log.responded(b'', stats)
+    log.put(('ns', 'a'))  # coalesced: the older arrival stands
+    assert log.take(('ns', 'a')) == first == log.taken_at
+    assert log.take(('ns', 'a')) is None

@@ -35,7 +35,7 @@ from typing import Any, Final, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from vmwatch.kube.events import EventRecorder
+from vmwatch.kube.events import EventRecorder, ZoneEvents
 from vmwatch.kube.listwatch import ListWatch, object_name
 from vmwatch.kube.routing import VCenterRouter
 from vmwatch.queue import SHUTDOWN, Key, WorkQueue
@@ -212,7 +212,7 @@ class ZoneController:
         self.objects: Any = client.CustomObjectsApi(api)  # dict bodies and results
         self.shards = shards
         self.router = router
-        self.events = events
+        self.events = None if events is None else ZoneEvents(events, api_version=f'{ZONE_GROUP}/{ZONE_VERSION}')
         self.disabled_errors = disabled_errors
         self.workers = workers
         self.queue = queue or WorkQueue()
@@ -300,7 +300,7 @@ class ZoneController:
             return
         owner = owner_id(zone)
         vcenter = self.router.zone_vcenter(zone)
-        await self._leave_other_vcenter(owner, vcenter)
+        await self._leave_other_vcenter(zone, owner, vcenter)
         if not self.router.known(vcenter):
             await self._unroutable(key, zone, owner, vcenter or '')
             return
@@ -311,28 +311,40 @@ class ZoneController:
             return  # another replica holds this vCenter's shard: it alone writes for this Zone
         folder = folder_of(zone)
         if is_deleting(zone):
-            await self._reconcile_delete(zone, owner, folder, targets)
+            await self._reconcile_delete(zone, owner, folder, targets, vcenter)
             return
         if FINALIZER not in finalizers(zone):
             await self._set_finalizers(zone, [*[f for f in finalizers(zone) if f != LEGACY_FINALIZER], FINALIZER])
             return  # the update event brings the zone back; the next reconcile adds the folder (spec 5)
         _, previous = self.registry.get(owner, ('', ''))
         if previous and previous != folder:
-            await self._call(targets.remove, previous, owner)  # folder changed: drop the old one
+            if await self._call(targets.remove, previous, owner):  # folder changed: drop the old one
+                await self._event('removed', zone, vcenter, previous)
             self.registry.pop(owner, None)
         if folder:
-            await self._call(targets.add, folder, owner)
+            try:
+                added = await self._call(targets.add, folder, owner)
+            except Exception as e:
+                if getattr(e, 'fault_type', None) == 'ManagedObjectNotFound':  # vsphere.VsphereFault
+                    await self._event('missing', zone, vcenter, folder)
+                raise
             self.registry[owner] = (vcenter, folder)
             self.stats.added += 1
+            if added:
+                await self._event('watched', zone, vcenter, folder)
 
-    async def _leave_other_vcenter(self, owner: str, vcenter: str | None) -> None:
+    async def _event(self, what: str, zone: dict[str, Any], vcenter: str, folder: str) -> None:
+        if self.events is not None:
+            await getattr(self.events, what)(zone, vcenter=vcenter, folder=folder)
+
+    async def _leave_other_vcenter(self, zone: dict[str, Any], owner: str, vcenter: str | None) -> None:
         """The Zone now names another vCenter than the one its folder was added to: remove it there."""
         before, folder = self.registry.get(owner, ('', ''))
         if not before or before == vcenter:
             return
         targets = self.shards.targets(before)
-        if targets is not None:
-            await self._call(targets.remove, folder, owner)
+        if targets is not None and await self._call(targets.remove, folder, owner):
+            await self._event('removed', zone, before, folder)
         self.registry.pop(owner, None)
 
     async def _unroutable(self, key: Key, zone: dict[str, Any], owner: str, vcenter: str) -> None:
@@ -342,33 +354,37 @@ class ZoneController:
             log.warning('zone %s %s (label vmwatch.dev/vcenter; configured: %s): not watched', owner, what,
                         ', '.join(self.router.names))  # fmt: skip
             if self.events is not None:
-                await self.events.record(
-                    {**zone, 'apiVersion': f'{ZONE_GROUP}/{ZONE_VERSION}', 'kind': 'Zone'}, type_='Warning',
-                    reason='UnknownVCenter', message=f'vmwatch: this Zone {what}; its folder is not watched',
-                )  # fmt: skip
+                await self.events.unknown_vcenter(zone, what=what)
         self.unrouted[key] = vcenter
         ours = {FINALIZER, LEGACY_FINALIZER}
         first = min(self.router.names)
         if is_deleting(zone) and ours & set(finalizers(zone)) and self.shards.targets(first) is not None:
             await self._set_finalizers(zone, [f for f in finalizers(zone) if f not in ours])
 
-    async def _reconcile_delete(self, zone: dict[str, Any], owner: str, folder: str, targets: FolderTargets) -> None:
+    async def _reconcile_delete(
+        self, zone: dict[str, Any], owner: str, folder: str, targets: FolderTargets, vcenter: str
+    ) -> None:
         ours = {FINALIZER, LEGACY_FINALIZER}
         if not ours & set(finalizers(zone)):
             self.registry.pop(owner, None)
             return
         _, registered = self.registry.get(owner, ('', ''))
         for ref in dict.fromkeys(r for r in (folder, registered) if r):
-            await self._call(targets.remove, ref, owner)  # "no watcher" raises: keep the finalizer
+            removed = await self._call(targets.remove, ref, owner)  # "no watcher" raises: keep the finalizer
             self.stats.removed += 1
+            if removed and ref == registered:  # it was watched (a missing folder never was)
+                await self._event('removed', zone, vcenter, ref)
         self.registry.pop(owner, None)
         await self._set_finalizers(zone, [f for f in finalizers(zone) if f not in ours])
 
-    async def _call(self, fn: Callable[[str, str], Awaitable[None]], ref: str, owner: str) -> None:
+    async def _call(self, fn: Callable[[str, str], Awaitable[None]], ref: str, owner: str) -> bool:
+        """Call `fn`; False when async signal is disabled (nothing done)."""
         try:
             await fn(ref, owner)
         except self.disabled_errors:
             log.debug('async signal disabled: %s(%s, %s) skipped', getattr(fn, '__name__', fn), ref, owner)
+            return False
+        return True
 
     async def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
