@@ -107,6 +107,8 @@ pub struct Batch {
     pub version: Option<String>,
     pub truncated: bool,
     pub objects: usize,
+    /// Object updates by kind: `[enter, modify, leave]` (indexed by `KIND_*`).
+    pub kinds: [usize; 3],
     pub changes: usize,
     pub signals: Vec<Signal>,
     pub pending: Vec<Pending>,
@@ -279,9 +281,14 @@ impl Decider {
         }
         let now = self.now();
         let ix = index.read();
+        let mut kinds = [0usize; 3];
+        for u in &set.objects {
+            kinds[usize::from(u.kind.min(2))] += 1;
+        }
         let mut batch = Batch {
             changes: set.changes(),
             objects: set.objects.len(),
+            kinds,
             version: set.version,
             truncated: set.truncated,
             missing: set.missing,

@@ -158,6 +158,8 @@ pub struct PyBatch {
     #[pyo3(get)]
     objects: usize,
     #[pyo3(get)]
+    kinds: (usize, usize, usize),
+    #[pyo3(get)]
     changes: usize,
     signals: Vec<Py<PySignal>>,
     pending: Vec<Py<PyPending>>,
@@ -183,6 +185,7 @@ impl PyBatch {
             version: b.version,
             truncated: b.truncated,
             objects: b.objects,
+            kinds: (b.kinds[0], b.kinds[1], b.kinds[2]),
             changes: b.changes,
             missing: b.missing,
             bad: b

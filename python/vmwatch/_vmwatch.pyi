@@ -94,6 +94,7 @@ class Batch:
     version: str | None  # None when the response carried no UpdateSet (wait timed out: a heartbeat)
     truncated: bool
     objects: int  # object updates in the body
+    kinds: tuple[int, int, int]  # object updates by kind: (enter, modify, leave)
     changes: int  # property changes in the body
     signals: list[Signal]
     pending: list[Pending]

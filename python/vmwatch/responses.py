@@ -12,19 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Hashable
 
-__all__ = ['ResponseLog', 'count_kinds']
-
-# ObjectUpdate.kind is the only `kind` element of a WaitForUpdatesEx response, and text content cannot hold
-# `</` (it would be `&lt;/`): counting the element text finds every enter and leave, whatever the prefix
-_ENTER = b'kind>enter</'
-_LEAVE = b'kind>leave</'
-
-
-def count_kinds(body: bytes, objects: int) -> tuple[int, int, int]:
-    """(enter, modify, leave) among the `objects` object updates of `body` (modify: the rest)."""
-    enter = body.count(_ENTER)
-    leave = body.count(_LEAVE)
-    return enter, max(0, objects - enter - leave), leave
+__all__ = ['ResponseLog']
 
 
 class ResponseLog:
@@ -44,13 +32,12 @@ class ResponseLog:
         self.last_response_at = time.monotonic()
         stats['decoded_bytes'] += len(body)
 
-    def decided(self, body: bytes, objects: int, stats: Counter[str]) -> None:
-        """The response was decoded: note the kinds of its `objects` object updates in `stats`."""
-        if objects:
-            enter, modify, leave = count_kinds(body, objects)
-            stats['objects_enter'] += enter
-            stats['objects_modify'] += modify
-            stats['objects_leave'] += leave
+    def decided(self, kinds: tuple[int, int, int], stats: Counter[str]) -> None:
+        """The response was decoded: note its object updates by kind (`Batch.kinds`: enter, modify, leave)."""
+        enter, modify, leave = kinds
+        stats['objects_enter'] += enter
+        stats['objects_modify'] += modify
+        stats['objects_leave'] += leave
 
     def put(self, key: Hashable) -> None:
         """A signal for `key` from the last response is pending; a coalesced one keeps the older arrival."""

@@ -572,7 +572,7 @@ class Watcher:
         finally:
             self.decide_seconds.append(time.perf_counter() - started)
         if not isinstance(outcome, Fault):
-            self.responses.decided(body, outcome.objects, self.stats)
+            self.responses.decided(outcome.kinds, self.stats)
         return outcome
 
     def _on_fault(self, fault: Fault, version: str) -> str:

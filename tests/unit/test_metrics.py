@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -147,22 +148,32 @@ async def test_unfinished_work_and_longest_running_processor() -> None:
     assert value('workqueue_unfinished_work_seconds', labels) == 0
 
 
-def test_object_update_kinds_are_counted_from_the_body() -> None:
+def test_object_update_kinds_come_from_the_core_and_reach_the_stats() -> None:
     from collections import Counter
 
-    from vmwatch.responses import ResponseLog, count_kinds
+    from vmwatch._vmwatch import Index
+    from vmwatch.responses import ResponseLog
+    from vmwatch.settings import FilterSettings
+    from vmwatch.watcher import make_decider
 
-    body = (b'<objectSet><kind>enter</kind><obj type="VirtualMachine">vm-1</obj></objectSet>'
-            b'<objectSet><kind>modify</kind><obj type="VirtualMachine">vm-2</obj></objectSet>'
-            b'<objectSet><v:kind>leave</v:kind><obj type="VirtualMachine">vm-3</obj></objectSet>'
-            b'<objectSet><kind>enter</kind><obj type="VirtualMachine">vm-4</obj>'
-            b'<val>kind&gt;enter&lt;/kind</val></objectSet>')  # fmt: skip
-    assert count_kinds(body, 4) == (2, 1, 1)
+    data = Path(__file__).parent.parent / 'data'
+    decider = make_decider(FilterSettings(), Index())
+    sync = decider.decide((data / 'initial-sync.xml').read_bytes())
+    power_on = decider.decide((data / 'power-on.xml').read_bytes())
+    destroy = decider.decide((data / 'destroy.xml').read_bytes())
+    assert sync.kinds == (sync.objects, 0, 0) and sync.objects > 1
+    assert power_on.kinds == (0, 1, 0)
+    assert destroy.kinds == (0, 0, 1)
     stats: Counter[str] = Counter()
     log = ResponseLog()
+    body = (data / 'power-on.xml').read_bytes()
     log.responded(body, stats)
-    log.decided(body, 4, stats)
-    assert stats == {'decoded_bytes': len(body), 'objects_enter': 2, 'objects_modify': 1, 'objects_leave': 1}
+    for batch in (sync, power_on, destroy):
+        log.decided(batch.kinds, stats)
+    assert stats['decoded_bytes'] == len(body)
+    assert (stats['objects_enter'], stats['objects_modify'], stats['objects_leave']) == tuple(
+        map(sum, zip(sync.kinds, power_on.kinds, destroy.kinds, strict=True))
+    )
     assert log.last_response_at is not None
     log.put(('ns', 'a'))
     first = log.last_response_at
