@@ -11,25 +11,15 @@ import asyncio
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
+from scenarios.probes import http_get  # tests/ is on sys.path (its conftest)
 from vmwatch.devenv import free_port
 from vmwatch.liveness import Heartbeat
 from vmwatch.metrics import Metrics
 from vmwatch.run_cmd import _listen, _ListenError
 from vmwatch.settings import ServiceSettings
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        with e:
-            return e.code, e.read().decode()
 
 
 def _settings(**kw: str | float) -> ServiceSettings:
@@ -45,18 +35,18 @@ def test_healthz_is_500_while_the_loop_is_blocked_and_200_again_after() -> None:
 
     def probe_during_the_block() -> None:
         time.sleep(1.8)  # the loop has been blocked ~1.7 s by now
-        seen['blocked'] = _get(url)
+        seen['blocked'] = http_get(url)
 
     async def main() -> None:
         beating = asyncio.create_task(heartbeat.run())
         await asyncio.sleep(0.2)
-        seen['before'] = await asyncio.to_thread(_get, url)
+        seen['before'] = await asyncio.to_thread(http_get, url)
         prober = threading.Thread(target=probe_during_the_block)
         prober.start()
         time.sleep(2.5)  # deliberately blocks the event loop
         prober.join()
         await asyncio.sleep(0.05)  # the loop runs again: the heartbeat stamps at once
-        seen['after'] = await asyncio.to_thread(_get, url)
+        seen['after'] = await asyncio.to_thread(http_get, url)
         beating.cancel()
 
     try:
@@ -82,10 +72,10 @@ def test_metrics_get_their_own_listener_unless_they_share_the_probes_address() -
             s.start()
         p, m = ('http://{}:{}'.format(*s.address) for s in (probes, scrape))
         assert p != m
-        assert _get(f'{p}/healthz') == (200, 'ok\n') and _get(f'{p}/readyz') == (200, 'watching\n')
-        assert _get(f'{p}/metrics')[0] == 404
-        assert _get(f'{m}/metrics')[0] == 200
-        assert _get(f'{m}/healthz')[0] == 404 and _get(f'{m}/readyz')[0] == 404
+        assert http_get(f'{p}/healthz') == (200, 'ok\n') and http_get(f'{p}/readyz') == (200, 'watching\n')
+        assert http_get(f'{p}/metrics')[0] == 404
+        assert http_get(f'{m}/metrics')[0] == 200
+        assert http_get(f'{m}/healthz')[0] == 404 and http_get(f'{m}/readyz')[0] == 404
     finally:
         probes.close()
         scrape.close()
@@ -98,7 +88,7 @@ def test_metrics_get_their_own_listener_unless_they_share_the_probes_address() -
     try:
         both.start()
         base = 'http://{}:{}'.format(*both.address)
-        assert _get(f'{base}/metrics')[0] == 200 and _get(f'{base}/healthz') == (200, 'ok\n')
+        assert http_get(f'{base}/metrics')[0] == 200 and http_get(f'{base}/healthz') == (200, 'ok\n')
     finally:
         both.close()
 
