@@ -88,6 +88,10 @@ class FakeBatch:
     def changes(self) -> int:
         return self.objects
 
+    @property
+    def kinds(self) -> tuple[int, int, int]:
+        return 0, self.objects, 0  # (enter, modify, leave) as the core's Batch.kinds
+
 
 class ScriptedDecider:
     """decide(body): the body is a key into `outcomes`; b'' is a heartbeat. Records resolve/forget."""
