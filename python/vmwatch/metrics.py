@@ -44,6 +44,14 @@ _WATCHER_COUNTERS = ('batches', 'truncated', 'resyncs', 'decoded_bytes', 'name_f
 _KINDS = ('enter', 'modify', 'leave')
 
 
+def _copy_count(counter: Any, key: str, value: int, seen: dict[str, int]) -> None:
+    """Advance `counter` to a watcher's cumulative count `value`; `seen[key]` is what was copied before."""
+    delta = value - seen.get(key, 0)
+    if delta > 0:
+        counter.inc(delta)
+        seen[key] = value
+
+
 class _WithoutCreated:
     """A registry's families without their `*_created` samples (what `generate_latest` reads)."""
 
@@ -279,10 +287,7 @@ class ShardMetrics:
         into their counters; `seen` as in observe_problems. True when a response was processed since."""
         batches = seen.get('batches', 0)
         for key, counter in self._counters.items():
-            delta = stats.get(key, 0) - seen.get(key, 0)
-            if delta > 0:
-                counter.inc(delta)
-                seen[key] = stats[key]
+            _copy_count(counter, key, stats.get(key, 0), seen)
         return seen.get('batches', 0) > batches
 
     def observe_lag(self, lag_s: float | None) -> None:
@@ -319,10 +324,8 @@ class ShardMetrics:
         for key, value in list(stats.items()):
             if not key.startswith('skipped_'):
                 continue
-            delta = value - seen.get(key, 0)
-            if delta > 0:
-                self._m.skipped.labels(self.vcenter, key.removeprefix('skipped_')).inc(delta)
-                seen[key] = value
+            if value > seen.get(key, 0):
+                _copy_count(self._m.skipped.labels(self.vcenter, key.removeprefix('skipped_')), key, value, seen)
 
     def observe_problems(self, stats: Mapping[str, int], seen: dict[str, int]) -> None:
         """Copy a watcher's `bad_updates` and `missing_<fault>` counts (vmwatch/problems.py) into their
@@ -334,10 +337,7 @@ class ShardMetrics:
                 counter = self._m.missing_properties.labels(self.vcenter, key.removeprefix('missing_'))
             else:
                 continue
-            delta = value - seen.get(key, 0)
-            if delta > 0:
-                counter.inc(delta)
-                seen[key] = value
+            _copy_count(counter, key, value, seen)
 
 
 class CheckpointFamilies:
