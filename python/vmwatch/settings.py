@@ -40,6 +40,7 @@ __all__ = [
     'load_service_settings',
     'parse_bool',
     'parse_duration',
+    'parse_whole_seconds',
     'parse_host_port',
 ]
 
@@ -568,6 +569,14 @@ _DURATION_PART = re.compile(r'(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)')
 _DURATION_UNIT_S = {'ns': 1e-9, 'us': 1e-6, 'µs': 1e-6, 'ms': 1e-3, 's': 1.0, 'm': 60.0, 'h': 3600.0}
 
 
+def parse_whole_seconds(text: str) -> int:
+    """A duration (`30s`, `5m`) or plain seconds that is a whole number of seconds; ValueError otherwise."""
+    seconds = parse_duration(text)
+    if not math.isfinite(seconds) or seconds != int(seconds):
+        raise ValueError(text)
+    return int(seconds)
+
+
 def parse_duration(text: str) -> float:
     """Seconds from a Go-style duration (`15s`, `2m`, `1h30m`, `500ms`; a leading `-` allowed) or a plain number of
     seconds (`30`, `0.5`), as Kubernetes controllers spell durations. ValueError for anything else."""
@@ -604,12 +613,7 @@ def _convert(name: str, raw: str, annotation: Any, unit: str = '') -> Any:
         if kind == 'bool':
             return parse_bool(env_name(name), raw)
         if unit == 's' and kind in ('int', 'float'):
-            seconds = parse_duration(raw)
-            if kind == 'int':
-                if not math.isfinite(seconds) or seconds != int(seconds):
-                    raise ValueError(raw)
-                return int(seconds)
-            return seconds
+            return parse_whole_seconds(raw) if kind == 'int' else parse_duration(raw)
         if kind == 'int':
             return int(raw)
         if kind == 'float':

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import signal
 import sys
@@ -31,7 +30,7 @@ from vmwatch.settings import (
     check_ca_file,
     check_number,
     parse_bool,
-    parse_duration,
+    parse_whole_seconds,
 )
 from vmwatch.types import Kind
 from vmwatch.vsphere.refs import MoRef
@@ -143,12 +142,11 @@ def _former_names(args: argparse.Namespace) -> None:
 def _whole_seconds(name: str, raw: str) -> int:
     """A Go-style duration (`30s`, `5m`) or plain seconds, as whole seconds; SettingsError otherwise."""
     try:
-        seconds = parse_duration(str(raw))
+        return parse_whole_seconds(str(raw))
     except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds != int(seconds):
-        raise SettingsError(f'{name}: {str(raw)[:40]!r} is not a duration of whole seconds (30s, 5m, or seconds)')
-    return int(seconds)
+        raise SettingsError(
+            f'{name}: {str(raw)[:40]!r} is not a duration of whole seconds (30s, 5m, or seconds)'
+        ) from None
 
 
 def _options(args: argparse.Namespace) -> tuple[Endpoint, dict[MoRef, list[str]], WatchSettings, FilterSettings]:
