@@ -36,7 +36,11 @@ use crate::errors::{Result, VmwatchError};
 use crate::filter::{parse_namespaced_name, Filter, EXTRA_CONFIG_KEYED_PREFIX, EXTRA_CONFIG_PATH};
 use crate::index::{Index, IndexInner};
 use hashbrown::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// A property path as signals carry it: shared with the path table, not copied per signal.
+pub type PathName = Arc<str>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -66,7 +70,8 @@ pub struct Signal {
     pub verified: bool,
     pub deleting: bool,
     pub priority: i32,
-    pub changed: Vec<String>,
+    /// Sorted.
+    pub changed: Vec<PathName>,
     pub reason: Reason,
     /// The digest of the state this signal is for: pass it to `Decider::delivered` once delivered.
     pub digest: u64,
@@ -76,7 +81,7 @@ pub struct Signal {
 pub struct Pending {
     pub moref: String,
     pub kind: u8,
-    pub changed: Vec<String>,
+    pub changed: Vec<PathName>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,10 +132,12 @@ pub enum Outcome {
 /// Property paths as small integers (bits of the cache masks).
 #[derive(Debug, Default)]
 struct PathTable {
-    names: Vec<Box<str>>,
+    names: Vec<PathName>,
     /// `durable::path_key` of each name: digests do not depend on the order paths were interned in.
     keys: Vec<u64>,
     ids: HashMap<Box<str>, u32>,
+    /// Ids in the order of their names: `names_of` lists a mask sorted without sorting strings.
+    by_name: Vec<u32>,
     extra_config_mask: u64,
 }
 
@@ -146,17 +153,24 @@ impl PathTable {
         self.names.push(path.into());
         self.keys.push(durable::path_key(path));
         self.ids.insert(path.into(), id);
+        let at = self.by_name.partition_point(|&i| *self.names[i as usize] < *path);
+        self.by_name.insert(at, id);
         if path == EXTRA_CONFIG_PATH || path.starts_with(EXTRA_CONFIG_KEYED_PREFIX) {
             self.extra_config_mask |= 1u64 << id;
         }
         Some(id)
     }
 
-    fn names_of(&self, mut mask: u64, out: &mut Vec<String>) {
-        while mask != 0 {
-            let bit = mask.trailing_zeros();
-            out.push(self.names[bit as usize].to_string());
-            mask &= mask - 1;
+    /// The names of the paths in `mask`, appended in sorted order.
+    fn names_of(&self, mask: u64, out: &mut Vec<PathName>) {
+        if mask == 0 {
+            return;
+        }
+        out.reserve(mask.count_ones() as usize);
+        for &id in &self.by_name {
+            if mask & (1u64 << id) != 0 {
+                out.push(self.names[id as usize].clone());
+            }
         }
     }
 }
@@ -359,7 +373,7 @@ impl Decider {
         }
         // Step B: props and the name carried by extraConfig (the last extraConfig change wins).
         self.props.clear();
-        let mut overflow: Vec<String> = Vec::new();
+        let mut overflow: Vec<PathName> = Vec::new();
         let mut name_in_update: Option<Option<(String, String)>> = None;
         for u in &updates[first_change..] {
             for c in &u.changes {
@@ -424,13 +438,16 @@ impl Decider {
             digest = self.digest(slot);
         }
         let mut changed = Vec::new();
-        self.paths.names_of(up.changed, &mut changed);
-        if name_gained && up.changed & self.paths.extra_config_mask == 0 {
-            changed.push(EXTRA_CONFIG_PATH.to_owned());
+        self.paths.names_of(up.changed, &mut changed); // sorted
+        let gained_path = name_gained && up.changed & self.paths.extra_config_mask == 0;
+        if gained_path || !overflow.is_empty() {
+            if gained_path {
+                changed.push(EXTRA_CONFIG_PATH.into());
+            }
+            changed.extend(overflow);
+            changed.sort_unstable();
+            changed.dedup();
         }
-        changed.extend(overflow);
-        changed.sort_unstable();
-        changed.dedup();
         // Step D.
         let had_name = name.is_some();
         let l = lookup(ix, moref, name.clone());
@@ -507,7 +524,7 @@ impl Decider {
         index: &Index,
         moref: &str,
         kind: u8,
-        changed: Vec<String>,
+        changed: Vec<PathName>,
         namespace: &str,
         name: &str,
     ) -> Option<Signal> {
@@ -633,7 +650,7 @@ pub fn summarize(body: &[u8], filter: &Filter) -> Result<(Option<String>, bool, 
     };
     let mut out = Vec::with_capacity(set.objects.len());
     for u in set.objects {
-        let mut props: Vec<String> = u.changes.iter().map(|c| c.path.clone()).collect();
+        let mut props: Vec<String> = u.changes.iter().map(|c| c.path.to_string()).collect();
         props.sort_unstable();
         props.dedup();
         let mut keys: Option<Vec<String>> = None;
@@ -661,4 +678,43 @@ pub fn summarize(body: &[u8], filter: &Filter) -> Result<(Option<String>, bool, 
         });
     }
     Ok((set.version, set.truncated, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_lists_a_mask_in_name_order_whatever_the_interning_order() {
+        let mut t = PathTable::default();
+        let ids: Vec<u32> = [
+            "summary.runtime.powerState",
+            "config.extraConfig",
+            "snapshot",
+            "config.annotation",
+        ]
+        .iter()
+        .map(|p| t.intern(p).unwrap())
+        .collect();
+        assert_eq!(t.intern("snapshot"), Some(ids[2]), "interned once");
+        let mut out = Vec::new();
+        t.names_of(u64::MAX >> (64 - ids.len()), &mut out);
+        let names: Vec<&str> = out.iter().map(|p| &**p).collect();
+        assert_eq!(
+            names,
+            [
+                "config.annotation",
+                "config.extraConfig",
+                "snapshot",
+                "summary.runtime.powerState"
+            ]
+        );
+        out.clear();
+        t.names_of((1 << ids[0]) | (1 << ids[3]), &mut out);
+        assert_eq!(
+            out,
+            vec![PathName::from("config.annotation"), "summary.runtime.powerState".into()]
+        );
+        assert!(Arc::ptr_eq(&out[0], &t.names[ids[3] as usize]), "shared, not copied");
+    }
 }

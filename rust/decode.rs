@@ -23,6 +23,7 @@
 //! update ambiguous (`obj`, `kind`, a change's `name`, `op` or `val`, the set's `version` or
 //! `truncated`, a second response in the Body) is an error, never last-one-wins.
 
+use crate::batch::PathName;
 use crate::errors::{quote, quote_max, DecodeErrorInfo, Result, VmwatchError};
 use crate::filter::{keyed_extra_config_key, Filter, DEVICE_PATH, EXTRA_CONFIG_PATH};
 use crate::scan;
@@ -52,6 +53,10 @@ pub const MAX_XSI_PREFIXES: usize = 16;
 /// cache (batch.rs, at most 64 of them), so this bounds what a hostile server can make it keep.
 pub const MAX_PATH_LEN: usize = 4096;
 
+/// Distinct property paths of one body remembered for sharing (vSphere sends at most the watched
+/// paths, 64 at most, plus keyed extraConfig ones); further ones are still decoded, just not shared.
+const MAX_INTERNED_PATHS: usize = 256;
+
 /// Longest MoRef value, in bytes. vSphere's are like `vm-1234` (a session-scoped one is under 100).
 pub const MAX_MOREF_LEN: usize = 1024;
 
@@ -72,7 +77,8 @@ pub struct SoapFault {
 /// One property change, reduced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    pub path: String,
+    /// Shared by the changes of one body with the same path (interned while decoding).
+    pub path: PathName,
     /// `None` when the change is not fingerprinted (a keyed path of an ignored extraConfig key).
     pub fp: Option<u64>,
     /// For extraConfig changes: the `"ns/name"` the change carries (`Some(None)`: it carries none,
@@ -277,7 +283,13 @@ struct Parser<'a, 'f> {
     refbuf: Vec<u8>,
     enc: ValueEncoder,
     cur_moref: Option<String>,
-    cur_path: Option<String>,
+    cur_path: Option<PathName>,
+    /// Paths of this body's changes, interned (see `intern_path`).
+    paths: Vec<PathName>,
+    /// Where the next path is expected in `paths`: objects list their changes in the same order.
+    path_hint: usize,
+    /// Changes of the previous object update: the capacity of the next one's list.
+    changes_hint: usize,
     /// The first bad object update (for [`decode_strict`]).
     first_bad: Option<BadUpdate>,
     /// The tokenizer failed: the XML is not well-formed, nothing can be skipped. (A broken limit,
@@ -302,6 +314,9 @@ impl<'a, 'f> Parser<'a, 'f> {
             enc: ValueEncoder::new(),
             cur_moref: None,
             cur_path: None,
+            paths: Vec::new(),
+            path_hint: 0,
+            changes_hint: 0,
             broken: false,
             first_bad: None,
         }
@@ -318,7 +333,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                     info.moref = self.cur_moref.clone();
                 }
                 if info.path.is_none() {
-                    info.path = self.cur_path.clone();
+                    info.path = self.cur_path.as_deref().map(str::to_owned);
                 }
                 VmwatchError::Decode(info)
             }
@@ -949,12 +964,40 @@ impl<'a, 'f> Parser<'a, 'f> {
         Ok(t)
     }
 
+    /// The shared name of a change's path (`text`, as read). Objects list the same paths in the
+    /// same order, so the expected one is compared first; the table holds each distinct path once.
+    fn intern_path(&mut self, text: &[u8]) -> Result<PathName> {
+        if text.len() > MAX_PATH_LEN {
+            return Err(self.err("too_long", format!("property path longer than {MAX_PATH_LEN} bytes")));
+        }
+        if let Some(p) = self.paths.get(self.path_hint) {
+            if p.as_bytes() == text {
+                self.path_hint += 1;
+                return Ok(p.clone());
+            }
+        }
+        if let Some(i) = self.paths.iter().position(|p| p.as_bytes() == text) {
+            self.path_hint = i + 1;
+            return Ok(self.paths[i].clone());
+        }
+        let Ok(s) = std::str::from_utf8(text) else {
+            return Err(self.err("not_utf8", "text is not valid UTF-8"));
+        };
+        let path: PathName = s.into();
+        // a hostile body could list ever new paths: beyond a bound they are not remembered
+        if self.paths.len() < MAX_INTERNED_PATHS {
+            self.paths.push(path.clone());
+            self.path_hint = self.paths.len();
+        }
+        Ok(path)
+    }
+
     fn object_update(&mut self, missing: &mut Vec<Missing>) -> Result<ObjectUpdate> {
         let mut obj = ObjectUpdate {
             moref: String::new(),
             obj_type: String::new(),
             kind: u8::MAX,
-            changes: Vec::new(),
+            changes: Vec::with_capacity(self.changes_hint),
         };
         let mut local_missing: Vec<(String, String)> = Vec::new();
         let mut seen = [false; 2]; // kind, obj
@@ -1015,6 +1058,7 @@ impl<'a, 'f> Parser<'a, 'f> {
             missing.push((obj.moref.clone(), path, fault));
         }
         self.cur_moref = None;
+        self.changes_hint = obj.changes.len().min(MAX_INTERNED_PATHS);
         Ok(obj)
     }
 
@@ -1039,12 +1083,13 @@ impl<'a, 'f> Parser<'a, 'f> {
             }
             match name {
                 b"name" => {
-                    let n = p.leaf_text(empty)?;
-                    if n.len() > MAX_PATH_LEN {
-                        return Err(p.err("too_long", format!("property path longer than {MAX_PATH_LEN} bytes")));
-                    }
-                    // kept in `cur_path` for error reports, taken back below (no copy per change)
-                    p.cur_path = Some(n);
+                    let mut text = std::mem::take(&mut p.text);
+                    text.clear();
+                    let r = if empty { Ok(()) } else { p.read_text_into(&mut text) };
+                    let path = r.and_then(|()| p.intern_path(&text));
+                    p.text = text;
+                    // kept in `cur_path` for error reports, taken back below
+                    p.cur_path = Some(path?);
                     have_path = true;
                 }
                 b"op" => null = p.op(empty)?,
@@ -1066,12 +1111,12 @@ impl<'a, 'f> Parser<'a, 'f> {
             name: None,
             kept_keys: None,
         };
-        if change.path == EXTRA_CONFIG_PATH {
+        if *change.path == *EXTRA_CONFIG_PATH {
             let out = self.enc.extra_config(self.filter, self.opts.kept_keys);
             change.fp = Some(out.fp);
             change.name = Some(kube_name(out.name));
             change.kept_keys = out.kept_keys;
-        } else if change.path == DEVICE_PATH {
+        } else if *change.path == *DEVICE_PATH {
             change.fp = Some(self.enc.devices());
         } else if let Some(key) = keyed_extra_config_key(&change.path) {
             if key.as_bytes() == self.filter.name_key() {
@@ -1364,6 +1409,40 @@ mod tests {
 
     fn power(state: &str) -> String {
         format!("<changeSet><name>summary.runtime.powerState</name><op>assign</op><val>{state}</val></changeSet>")
+    }
+
+    #[test]
+    fn paths_are_shared_whatever_their_order_and_spelling() {
+        let change = |name: &str| format!("<changeSet><name>{name}</name><op>assign</op><val>1</val></changeSet>");
+        // the same paths in another order, one spelled with a character reference, and more distinct
+        // paths than the table keeps
+        let mut inner = vec![
+            obj("vm-1", &(change("a.b") + &change("c.d"))),
+            obj("vm-2", &(change("c.d") + &change("a.b"))),
+            obj("vm-3", &(change("a&#46;b") + &change("e.f"))),
+        ];
+        let many: String = (0..MAX_INTERNED_PATHS + 10).map(|i| change(&format!("p{i}"))).collect();
+        inner.push(obj("vm-4", &many));
+        inner.push(obj(
+            "vm-5",
+            &(change("a.b") + &change(&format!("p{}", MAX_INTERNED_PATHS + 5))),
+        ));
+        let set = run(sets(&inner.concat()).as_bytes()).unwrap();
+        let paths: Vec<Vec<&str>> = set
+            .objects
+            .iter()
+            .map(|o| o.changes.iter().map(|c| &*c.path).collect())
+            .collect();
+        assert_eq!(paths[0], ["a.b", "c.d"]);
+        assert_eq!(paths[1], ["c.d", "a.b"]);
+        assert_eq!(paths[2], ["a.b", "e.f"]);
+        assert_eq!(paths[3].len(), MAX_INTERNED_PATHS + 10);
+        assert!(paths[3].iter().enumerate().all(|(i, p)| *p == format!("p{i}")));
+        assert_eq!(paths[4], ["a.b".to_owned(), format!("p{}", MAX_INTERNED_PATHS + 5)]);
+        // one allocation per distinct path: the first object's `a.b` is the fifth's
+        let a = &set.objects[0].changes[0].path;
+        assert!(std::sync::Arc::ptr_eq(a, &set.objects[4].changes[0].path));
+        assert!(std::sync::Arc::ptr_eq(a, &set.objects[2].changes[0].path));
     }
 
     #[test]

@@ -162,10 +162,14 @@ impl PyDecider {
         let changed = strings(changed)?;
         let out = py.detach(|| {
             guard(|| {
-                Ok(self
-                    .core
-                    .lock()
-                    .resolve(&self.index, moref, kind, changed, namespace, name))
+                Ok(self.core.lock().resolve(
+                    &self.index,
+                    moref,
+                    kind,
+                    changed.into_iter().map(Into::into).collect(),
+                    namespace,
+                    name,
+                ))
             })
         })?;
         Ok(out.map(PySignal::from))

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Result classes crossing the boundary: small, frozen, built once per batch.
 
-use crate::batch::{Batch, Pending, Signal};
+use crate::batch::{Batch, PathName, Pending, Signal};
 use crate::decode::SoapFault;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -36,7 +36,7 @@ impl From<SoapFault> for PyFault {
 
 /// Changed property paths; Python sees a tuple of str.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Paths(Vec<String>);
+pub struct Paths(Vec<PathName>);
 
 impl<'py> IntoPyObject<'py> for &Paths {
     type Target = PyTuple;
@@ -44,7 +44,7 @@ impl<'py> IntoPyObject<'py> for &Paths {
     type Error = PyErr;
 
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.0)
+        PyTuple::new(py, self.0.iter().map(|s| &**s))
     }
 }
 
@@ -100,7 +100,7 @@ impl PySignal {
 }
 
 /// Python-style repr of a str list, an optional str and a str.
-fn py_strs(v: &[String]) -> String {
+fn py_strs(v: &[PathName]) -> String {
     let items: Vec<String> = v.iter().map(|s| py_str(s)).collect();
     format!("({}{})", items.join(", "), if items.len() == 1 { "," } else { "" })
 }

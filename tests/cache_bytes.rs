@@ -29,7 +29,7 @@ fn template() -> (ObjectUpdate, Vec<String>) {
         .into_iter()
         .find(|o| o.changes.iter().any(|c| matches!(c.name, Some(Some(_)))))
         .unwrap();
-    let paths = obj.changes.iter().map(|c| c.path.clone()).collect();
+    let paths = obj.changes.iter().map(|c| c.path.to_string()).collect();
     (obj, paths)
 }
 

@@ -93,7 +93,7 @@ fn initial_sync_has_every_default_path() {
     for o in &set.objects {
         assert_eq!(o.kind, KIND_ENTER);
         assert_eq!(o.obj_type, "VirtualMachine");
-        let mut paths: Vec<&str> = o.changes.iter().map(|c| c.path.as_str()).collect();
+        let mut paths: Vec<&str> = o.changes.iter().map(|c| &*c.path).collect();
         paths.sort_unstable();
         let mut want: Vec<&str> = WATCHED.to_vec();
         want.sort_unstable();
@@ -128,12 +128,13 @@ fn lifecycle_sequence() {
     assert_eq!(s.reason, Reason::Entered);
     assert!(!s.verified);
     assert_eq!(s.changed.len(), 31);
+    assert!(s.changed.windows(2).all(|w| w[0] < w[1]), "changed paths are sorted");
     let vm = s.moref.clone();
     assert_eq!(b.pending.len(), 3, "VMs without a name need a fetch");
 
     let b = batch(&mut d, &ix, "extraconfig-modify.xml");
     assert_eq!(b.signals.len(), 1);
-    assert_eq!(b.signals[0].changed, vec!["config.extraConfig"]);
+    assert_eq!(names(&b.signals[0].changed), ["config.extraConfig"]);
     assert_eq!(b.signals[0].kind, KIND_MODIFY);
 
     let b = batch(&mut d, &ix, "extraconfig-ignored-only.xml");
@@ -145,10 +146,10 @@ fn lifecycle_sequence() {
 
     let b = batch(&mut d, &ix, "power-on.xml");
     assert_eq!(b.signals.len(), 1);
-    assert!(b.signals[0].changed.contains(&"summary.runtime.powerState".to_owned()));
+    assert!(names(&b.signals[0].changed).contains(&"summary.runtime.powerState"));
 
     let b = batch(&mut d, &ix, "snapshot.xml");
-    assert_eq!(b.signals[0].changed, vec!["rootSnapshot", "snapshot"]);
+    assert_eq!(names(&b.signals[0].changed), ["rootSnapshot", "snapshot"]);
 
     // resending the same snapshot body is not a change
     let b = batch(&mut d, &ix, "snapshot.xml");
@@ -307,7 +308,7 @@ fn handmade_bodies_do_not_depend_on_bytes() {
         ]
     );
     // keyId: xsi:nil in one, no <val> in the other: both the null fingerprint
-    let key_id = oa.changes.iter().find(|c| c.path == "config.keyId").unwrap();
+    let key_id = oa.changes.iter().find(|c| &*c.path == "config.keyId").unwrap();
     assert_eq!(key_id.fp, Some(_vmwatch::value::NULL_FP));
     // and a decider sees the second body as unchanged once the first one's signals were delivered
     let ix = Index::new();
@@ -366,4 +367,8 @@ fn every_prefix_of_a_capture_fails_cleanly() {
         let r = decode(&full[..n], &filter(), DecodeOptions { kept_keys: true });
         assert!(matches!(r, Err(VmwatchError::Decode(_))), "prefix {n} decoded: {r:?}");
     }
+}
+
+fn names(changed: &[std::sync::Arc<str>]) -> Vec<&str> {
+    changed.iter().map(|p| &**p).collect()
 }

@@ -96,9 +96,8 @@ fn an_unverified_vm_re_entering_after_a_leave_signals_as_entered() {
         (s.namespace.as_str(), s.name.as_str(), s.verified),
         ("ns-1", "vm-1", false)
     );
-    let mut changed = s.changed.clone();
-    changed.sort();
-    assert_eq!(changed, ["config.extraConfig", "summary.runtime.powerState"]);
+    let changed: Vec<&str> = s.changed.iter().map(|p| &**p).collect();
+    assert_eq!(changed, ["config.extraConfig", "summary.runtime.powerState"], "sorted");
 }
 
 #[test]
