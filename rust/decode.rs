@@ -208,11 +208,25 @@ struct Attrs<'a> {
     mo_type: Cow<'a, [u8]>,
 }
 
+/// Which prefixes are bound to the XSI namespace, exactly: what the meaning of a tag's attributes
+/// depends on. vcsim binds the same prefix on every `<val>` and unbinds it at its end; naming the
+/// prefix (not counting the changes) keeps what was remembered under it valid from one value to
+/// the next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum XsiScope<'a> {
+    /// None bound: `xsi` is taken by convention.
+    Default,
+    One(&'a [u8]),
+    /// Several: the epoch of the prefix stack (bumped on every change).
+    Many(u64),
+}
+
 /// The attributes of interest of one start tag, remembered by the tag's attribute bytes.
 #[derive(Clone, Copy)]
 struct AttrsMemo<'a> {
     raw: &'a [u8],
-    epoch: u64,
+    /// The scope after the tag's own declarations.
+    scope: XsiScope<'a>,
     xsi_type: &'a [u8],
     nil: bool,
     mo_type: &'a [u8],
@@ -220,6 +234,12 @@ struct AttrsMemo<'a> {
 
 /// Remembered attribute sets: vSphere values use a few dozen distinct ones.
 const MEMO_SLOTS: usize = 32;
+
+/// The memo slot of a tag's attribute bytes (not empty).
+#[inline]
+fn memo_slot(raw: &[u8]) -> usize {
+    (raw.len() ^ ((raw[raw.len() / 2] as usize) << 1) ^ ((raw[raw.len() - 1] as usize) << 3)) % MEMO_SLOTS
+}
 
 /// A start tag.
 #[derive(Clone, Copy)]
@@ -274,8 +294,10 @@ struct Parser<'a, 'f> {
     last_pos: u64,
     /// Prefixes bound to the XSI namespace, with the depth of their declaration.
     xsi_prefixes: Vec<(&'a [u8], usize)>,
-    /// Bumped whenever `xsi_prefixes` changes: remembered attributes are valid for one epoch.
+    /// Bumped whenever `xsi_prefixes` changes.
     xsi_epoch: u64,
+    /// The prefixes of `xsi_prefixes`, as remembered attributes are keyed.
+    scope: XsiScope<'a>,
     /// Remembered attributes (see `attrs`), by a hash of their bytes.
     memo: [Option<AttrsMemo<'a>>; MEMO_SLOTS],
     pop_after_empty: bool,
@@ -307,6 +329,7 @@ impl<'a, 'f> Parser<'a, 'f> {
             last_pos: 0,
             xsi_prefixes: Vec::new(),
             xsi_epoch: 0,
+            scope: XsiScope::Default,
             memo: [None; MEMO_SLOTS],
             pop_after_empty: false,
             text: Vec::new(),
@@ -346,7 +369,7 @@ impl<'a, 'f> Parser<'a, 'f> {
     }
 
     /// Next token; tracks `xmlns:` declarations of the XSI namespace.
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Result<Tok<'a>> {
         if self.pop_after_empty {
             self.pop_after_empty = false;
@@ -416,7 +439,7 @@ impl<'a, 'f> Parser<'a, 'f> {
                         ));
                     }
                     self.xsi_prefixes.push((prefix, depth));
-                    self.xsi_epoch += 1;
+                    self.prefixes_changed();
                 }
             }
         }
@@ -439,11 +462,20 @@ impl<'a, 'f> Parser<'a, 'f> {
         while let Some(&(_, d)) = self.xsi_prefixes.last() {
             if d >= depth {
                 self.xsi_prefixes.pop();
-                self.xsi_epoch += 1;
+                self.prefixes_changed();
             } else {
                 break;
             }
         }
+    }
+
+    fn prefixes_changed(&mut self) {
+        self.xsi_epoch += 1;
+        self.scope = match self.xsi_prefixes.as_slice() {
+            [] => XsiScope::Default,
+            [(p, _)] => XsiScope::One(p),
+            _ => XsiScope::Many(self.xsi_epoch),
+        };
     }
 
     fn is_xsi_prefix(&self, prefix: &[u8]) -> bool {
@@ -462,16 +494,9 @@ impl<'a, 'f> Parser<'a, 'f> {
         if raw.is_empty() {
             return Ok(Attrs::default());
         }
-        let slot =
-            (raw.len() ^ ((raw[raw.len() / 2] as usize) << 1) ^ ((raw[raw.len() - 1] as usize) << 3)) % MEMO_SLOTS;
-        if let Some(m) = &self.memo[slot] {
-            if m.epoch == self.xsi_epoch && m.raw == raw {
-                return Ok(Attrs {
-                    xsi_type: Cow::Borrowed(m.xsi_type),
-                    nil: m.nil,
-                    mo_type: Cow::Borrowed(m.mo_type),
-                });
-            }
+        let slot = memo_slot(raw);
+        if let Some(m) = self.remembered(slot, raw) {
+            return Ok(m);
         }
         let out = self.parse_attrs(e)?;
         // (an absent attribute is `Cow::default()`, an empty owned value)
@@ -485,13 +510,24 @@ impl<'a, 'f> Parser<'a, 'f> {
         if let (Some(xsi_type), Some(mo_type)) = (borrowed(&out.xsi_type), borrowed(&out.mo_type)) {
             self.memo[slot] = Some(AttrsMemo {
                 raw,
-                epoch: self.xsi_epoch,
+                scope: self.scope,
                 xsi_type,
                 nil: out.nil,
                 mo_type,
             });
         }
         Ok(out)
+    }
+
+    /// The remembered attributes of `raw` (in `slot`), if valid in the current scope.
+    #[inline]
+    fn remembered(&self, slot: usize, raw: &[u8]) -> Option<Attrs<'a>> {
+        let m = self.memo[slot].as_ref()?;
+        (m.scope == self.scope && m.raw == raw).then(|| Attrs {
+            xsi_type: Cow::Borrowed(m.xsi_type),
+            nil: m.nil,
+            mo_type: Cow::Borrowed(m.mo_type),
+        })
     }
 
     fn parse_attrs(&self, e: Elem<'a>) -> Result<Attrs<'a>> {
@@ -1138,13 +1174,29 @@ impl<'a, 'f> Parser<'a, 'f> {
     }
 
     fn start_value_elem(&mut self, e: Elem<'a>, empty: bool) -> Result<()> {
-        self.declare(e.attrs, empty)?;
-        let a = self.attrs(e)?;
+        let a = match self.remembered_before_declaring(e.attrs) {
+            Some(a) => a,
+            None => {
+                self.declare(e.attrs, empty)?;
+                self.attrs(e)?
+            }
+        };
         self.enc.start(local(e.name), &a.xsi_type, a.nil);
         if !a.mo_type.is_empty() {
             self.enc.attr(b"type", &a.mo_type);
         }
         Ok(())
+    }
+
+    /// The attributes of a start tag as remembered, looked up before its own declarations are read:
+    /// an entry's scope is the one after its tag's declarations, so a match means that they would
+    /// bind nothing new (every prefix a declaration binds is in the scope it leaves).
+    #[inline]
+    fn remembered_before_declaring(&self, raw: &'a [u8]) -> Option<Attrs<'a>> {
+        if raw.is_empty() {
+            return Some(Attrs::default());
+        }
+        self.remembered(memo_slot(raw), raw)
     }
 
     /// Stream a `<val>` into the encoder.
@@ -1340,6 +1392,48 @@ mod tests {
             fp(&body(
                 "<val xsi:type=\"T\"><e xsi:type=\"Foo\">1</e><e xsi:type=\"Foo\">1</e></val>"
             ))
+        );
+    }
+
+    #[test]
+    fn remembered_attributes_are_reused_only_under_the_same_prefixes() {
+        // no XSI prefix bound by the envelope: each value binds its own, as vcsim does
+        let doc = |vals: &[&str]| {
+            let sets: String = vals
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    obj(
+                        &format!("vm-{i}"),
+                        &format!("<changeSet><name>p</name><op>assign</op>{v}</changeSet>"),
+                    )
+                })
+                .collect();
+            format!(
+                "<S:Envelope xmlns:S=\"http://schemas.xmlsoap.org/soap/envelope/\"><S:Body>\
+                 <R:WaitForUpdatesExResponse xmlns:R=\"urn:vim25\"><returnval><version>1</version><filterSet>\
+                 {sets}</filterSet></returnval></R:WaitForUpdatesExResponse></S:Body></S:Envelope>"
+            )
+        };
+        let fps = |vals: &[&str]| -> Vec<Option<u64>> {
+            let set = run(doc(vals).as_bytes()).unwrap();
+            set.objects.iter().map(|o| o.changes[0].fp).collect()
+        };
+        let typed = format!("<val xmlns:p=\"{XSI}\" p:type=\"A\"><e p:type=\"Foo\">1</e></val>");
+        let other = "<val xmlns:p=\"urn:other\" p:type=\"A\"><e p:type=\"Foo\">1</e></val>";
+        let q_bound = format!("<val xmlns:q=\"{XSI}\" q:type=\"A\"><e p:type=\"Foo\">1</e></val>");
+        let untyped_e = format!("<val xmlns:q=\"{XSI}\" q:type=\"A\"><e>1</e></val>");
+        let got = fps(&[&typed, other, &typed, &q_bound, &untyped_e, "<val><e>1</e></val>"]);
+        assert_eq!(got[0], got[2], "the same value under the same prefix");
+        assert_eq!(got[1], got[5], "p bound elsewhere: neither p:type is an xsi:type");
+        assert_eq!(got[3], got[4], "under q, p:type is no xsi:type");
+        assert_ne!(got[0], got[3]);
+        // tags that declare a prefix, remembered or not, declare it for their children
+        let decl = format!("<e xmlns:q=\"{XSI}\" q:type=\"Foo\"><f q:type=\"Bar\">1</f></e>");
+        let plain = "<e xsi:type=\"Foo\"><f xsi:type=\"Bar\">1</f></e>";
+        assert_eq!(
+            fp(&body(&format!("<val xsi:type=\"T\">{decl}{decl}{decl}</val>"))),
+            fp(&body(&format!("<val xsi:type=\"T\">{plain}{plain}{plain}</val>")))
         );
     }
 

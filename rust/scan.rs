@@ -188,7 +188,23 @@ impl<'a> Scanner<'a> {
     /// The first offset at or after `from` whose byte is selected by `sel`.
     #[inline]
     pub fn find(&mut self, from: usize, sel: impl Fn(&Masks) -> u64) -> Option<usize> {
-        self.find_in(from, usize::MAX, sel)
+        let len = self.buf.len();
+        if from >= len {
+            return None;
+        }
+        let mut base = from & !(BLOCK - 1);
+        let mut m = sel(&self.block(base)) & (!0u64 << (from - base));
+        loop {
+            if m != 0 {
+                // the padding of a short last block matches nothing: a hit is inside the body
+                return Some(base + m.trailing_zeros() as usize);
+            }
+            base += BLOCK;
+            if base >= len {
+                return None;
+            }
+            m = sel(&self.block(base));
+        }
     }
 }
 

@@ -102,6 +102,24 @@ static NAME_CLASS: [u8; 256] = {
     t
 };
 
+/// `a == b` for the short names of end tags, without a call into `memcmp`.
+#[inline]
+fn eq_short(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap());
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap());
+    match n {
+        // two overlapping words (or halves) cover the whole name
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        0..=3 => a == b,
+        _ => a == b,
+    }
+}
+
 #[inline]
 fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
@@ -155,7 +173,45 @@ impl<'a> Tokenizer<'a> {
         self.open.len()
     }
 
+    /// The next token. Text, end tags and start tags are read here (inlined into the decoder's
+    /// loops); markup declarations, processing instructions, the end of the document and errors in
+    /// [`next_other`](Self::next_other), off the hot path.
+    #[inline(always)]
     pub fn next_tok(&mut self) -> Result<Tok<'a>, XmlError> {
+        let buf = self.buf;
+        let start = self.pos;
+        if start < buf.len() {
+            if buf[start] != b'<' {
+                let end = self.scan.find(start + 1, |m| m.lt).unwrap_or(buf.len());
+                self.pos = end;
+                return Ok(Tok::Text(&buf[start..end]));
+            }
+            match buf.get(start + 1) {
+                Some(b'/') => {
+                    // `</name>` closing the innermost open element (a name never contains '>')
+                    if self.excess == 0 {
+                        if let Some(&open) = self.open.last() {
+                            let from = start + 2;
+                            let end = from + open.len();
+                            if buf.get(end) == Some(&b'>') && eq_short(&buf[from..end], open) {
+                                self.open.pop();
+                                self.pos = end + 1;
+                                return Ok(Tok::End { name: &buf[from..end] });
+                            }
+                        }
+                    }
+                    return self.end_tag(start);
+                }
+                Some(b'!' | b'?') | None => {}
+                Some(_) => return self.start_tag(start),
+            }
+        }
+        self.next_other()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn next_other(&mut self) -> Result<Tok<'a>, XmlError> {
         loop {
             let buf = self.buf;
             let start = self.pos;
@@ -239,20 +295,11 @@ impl<'a> Tokenizer<'a> {
         }
     }
 
+    /// An end tag other than `</name>` of the innermost element (see `next_tok`).
+    #[inline(never)]
     fn end_tag(&mut self, start: usize) -> Result<Tok<'a>, XmlError> {
         let buf = self.buf;
         let from = start + 2;
-        // fast path: `</name>` closing the innermost open element (a name never contains '>')
-        if self.excess == 0 {
-            if let Some(&open) = self.open.last() {
-                let end = from + open.len();
-                if buf.get(end) == Some(&b'>') && &buf[from..end] == open {
-                    self.open.pop();
-                    self.pos = end + 1;
-                    return Ok(Tok::End { name: &buf[from..end] });
-                }
-            }
-        }
         let Some(i) = self.scan.find(from, |m| m.gt).map(|at| at - from) else {
             return Err(err("xml_syntax", "unclosed end tag", start));
         };
@@ -284,6 +331,7 @@ impl<'a> Tokenizer<'a> {
         }
     }
 
+    #[inline(never)]
     fn start_tag(&mut self, start: usize) -> Result<Tok<'a>, XmlError> {
         let buf = self.buf;
         let from = start + 1;
@@ -309,7 +357,8 @@ impl<'a> Tokenizer<'a> {
         let attrs_from = i;
         let mut j = i;
         let mut values = 0usize;
-        loop {
+        // (`<name>`, the most frequent tag, has nothing to search for)
+        while buf.get(j) != Some(&b'>') {
             let Some(at) = self.scan.find(j, |m| m.gt | m.quot | m.apos) else {
                 return Err(err("xml_syntax", "unclosed start tag", start));
             };
@@ -317,23 +366,31 @@ impl<'a> Tokenizer<'a> {
                 j = at;
                 break;
             }
-            let close = if buf[at] == b'"' {
-                self.scan.find(at + 1, |m| m.quot)
+            // the closing quote, or a '<' before it (one search for both)
+            let dq = buf[at] == b'"';
+            let close = if dq {
+                self.scan.find(at + 1, |m| m.quot | m.lt)
             } else {
-                self.scan.find(at + 1, |m| m.apos)
+                self.scan.find(at + 1, |m| m.apos | m.lt)
             };
-            let Some(q) = close.map(|c| c - (at + 1)) else {
-                return Err(err("xml_syntax", "unclosed attribute value", at));
+            let Some(c) = close.filter(|&c| buf[c] != b'<') else {
+                let closed = if dq {
+                    self.scan.find(at + 1, |m| m.quot)
+                } else {
+                    self.scan.find(at + 1, |m| m.apos)
+                };
+                return Err(match closed {
+                    Some(_) => err("xml_syntax", "'<' in an attribute value", at),
+                    None => err("xml_syntax", "unclosed attribute value", at),
+                });
             };
+            let q = c - (at + 1);
             if q > MAX_ATTR_VALUE_LEN && broken.is_none() {
                 broken = Some(limit(
                     "too_long",
                     format!("attribute value longer than {MAX_ATTR_VALUE_LEN} bytes"),
                     at,
                 ));
-            }
-            if self.scan.find_in(at + 1, at + 1 + q, |m| m.lt).is_some() {
-                return Err(err("xml_syntax", "'<' in an attribute value", at));
             }
             values += 1;
             if values > MAX_ATTRS && broken.is_none() {
@@ -513,6 +570,37 @@ mod tests {
                 Tok::End { name: b"a" },
             ]
         );
+    }
+
+    #[test]
+    fn short_name_comparison_agrees_with_slices() {
+        let names: Vec<Vec<u8>> = (0..40)
+            .map(|n| (0..n).map(|i| b'a' + (i % 26) as u8).collect())
+            .collect();
+        for a in &names {
+            for b in &names {
+                assert_eq!(eq_short(a, b), a == b);
+            }
+            // one byte differs, at every position
+            for i in 0..a.len() {
+                let mut c = a.clone();
+                c[i] ^= 1;
+                assert!(!eq_short(a, &c), "{a:?} vs {c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_quote_or_lt_ends_an_attribute_value() {
+        let e = toks("<a b=\"x<y\">").unwrap_err();
+        assert_eq!((e.msg.as_str(), e.offset), ("'<' in an attribute value", 5));
+        let e = toks("<a b='x<y'>").unwrap_err();
+        assert_eq!((e.msg.as_str(), e.offset), ("'<' in an attribute value", 5));
+        let e = toks("<a b=\"x y>").unwrap_err();
+        assert_eq!((e.msg.as_str(), e.offset), ("unclosed attribute value", 5));
+        let e = toks("<a b=\"x<y>").unwrap_err();
+        assert_eq!((e.msg.as_str(), e.offset), ("unclosed attribute value", 5));
+        assert_eq!(toks("<a b='x\"y' c=\"'\"/>").unwrap().len(), 1);
     }
 
     #[test]
