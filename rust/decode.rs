@@ -232,13 +232,27 @@ struct AttrsMemo<'a> {
     mo_type: &'a [u8],
 }
 
-/// Remembered attribute sets: vSphere values use a few dozen distinct ones.
-const MEMO_SLOTS: usize = 32;
+/// What a start tag's bytes declare: the XSI prefix, if any.
+#[derive(Clone, Copy)]
+struct DeclMemo<'a> {
+    raw: &'a [u8],
+    xsi: Option<&'a [u8]>,
+}
 
-/// The memo slot of a tag's attribute bytes (not empty).
+/// Remembered attribute sets: vSphere values use a few dozen distinct ones (a VM's 31 properties
+/// and its device types).
+const MEMO_SLOTS: usize = 128;
+
+/// The memo slot of a tag's attribute bytes (not empty): a mix of the length and three bytes (the
+/// `xsi:type` values that tell tags apart are at the end).
 #[inline]
 fn memo_slot(raw: &[u8]) -> usize {
-    (raw.len() ^ ((raw[raw.len() / 2] as usize) << 1) ^ ((raw[raw.len() - 1] as usize) << 3)) % MEMO_SLOTS
+    let n = raw.len();
+    let h = (n as u32)
+        ^ (u32::from(raw[n / 2]) << 8)
+        ^ (u32::from(raw[n - 1]) << 16)
+        ^ (u32::from(raw[n - n.min(3)]) << 24);
+    (h.wrapping_mul(0x9E37_79B1) >> 25) as usize % MEMO_SLOTS
 }
 
 /// A start tag.
@@ -300,6 +314,8 @@ struct Parser<'a, 'f> {
     scope: XsiScope<'a>,
     /// Remembered attributes (see `attrs`), by a hash of their bytes.
     memo: [Option<AttrsMemo<'a>>; MEMO_SLOTS],
+    /// Remembered declarations (see `scan_xmlns`), by the same hash.
+    decl_memo: [Option<DeclMemo<'a>>; MEMO_SLOTS],
     pop_after_empty: bool,
     text: Vec<u8>,
     refbuf: Vec<u8>,
@@ -331,6 +347,7 @@ impl<'a, 'f> Parser<'a, 'f> {
             xsi_epoch: 0,
             scope: XsiScope::Default,
             memo: [None; MEMO_SLOTS],
+            decl_memo: [None; MEMO_SLOTS],
             pop_after_empty: false,
             text: Vec::new(),
             refbuf: Vec::new(),
@@ -426,22 +443,32 @@ impl<'a, 'f> Parser<'a, 'f> {
         }
     }
 
+    /// The XSI prefixes a start tag declares. vcsim declares one on every `<val>`: what a tag's
+    /// bytes declare is remembered (for tags that declare at most one XSI prefix and parsed without
+    /// error), and only the binding is done again.
     fn scan_xmlns(&mut self, attrs: &'a [u8], depth: usize) -> Result<()> {
+        let slot = memo_slot(attrs);
+        if let Some(d) = self.decl_memo[slot] {
+            if d.raw == attrs {
+                if let Some(prefix) = d.xsi {
+                    self.bind_xsi(prefix, depth)?;
+                }
+                return Ok(());
+            }
+        }
+        let (mut count, mut first) = (0usize, None);
         for a in RawAttrs::with_backend(attrs, self.tok.backend()) {
             let (key, value) = a.map_err(|_| self.err("xml_syntax", "malformed attribute"))?;
             if let Some(prefix) = key.strip_prefix(b"xmlns:") {
-                // an already bound prefix stays bound as long as this one would
-                if *self.attr_value(value)? == *XSI_NS && !self.xsi_prefixes.iter().any(|(p, _)| *p == prefix) {
-                    if self.xsi_prefixes.len() >= MAX_XSI_PREFIXES {
-                        return Err(self.err(
-                            "too_many_attributes",
-                            format!("more than {MAX_XSI_PREFIXES} prefixes bound to the XSI namespace"),
-                        ));
-                    }
-                    self.xsi_prefixes.push((prefix, depth));
-                    self.prefixes_changed();
+                if *self.attr_value(value)? == *XSI_NS {
+                    count += 1;
+                    first = first.or(Some(prefix));
+                    self.bind_xsi(prefix, depth)?;
                 }
             }
+        }
+        if count <= 1 {
+            self.decl_memo[slot] = Some(DeclMemo { raw: attrs, xsi: first });
         }
         Ok(())
     }
@@ -456,6 +483,23 @@ impl<'a, 'f> Parser<'a, 'f> {
         unescape_into(value, &mut out)
             .map_err(|(off, msg)| VmwatchError::decode(entity_kind(msg), msg, at + off as u64))?;
         Ok(Cow::Owned(out))
+    }
+
+    /// Bind `prefix` to the XSI namespace for the elements from `depth` down.
+    fn bind_xsi(&mut self, prefix: &'a [u8], depth: usize) -> Result<()> {
+        // an already bound prefix stays bound as long as this one would
+        if self.xsi_prefixes.iter().any(|(p, _)| *p == prefix) {
+            return Ok(());
+        }
+        if self.xsi_prefixes.len() >= MAX_XSI_PREFIXES {
+            return Err(self.err(
+                "too_many_attributes",
+                format!("more than {MAX_XSI_PREFIXES} prefixes bound to the XSI namespace"),
+            ));
+        }
+        self.xsi_prefixes.push((prefix, depth));
+        self.prefixes_changed();
+        Ok(())
     }
 
     fn pop_xmlns(&mut self, depth: usize) {
@@ -523,7 +567,7 @@ impl<'a, 'f> Parser<'a, 'f> {
     #[inline]
     fn remembered(&self, slot: usize, raw: &[u8]) -> Option<Attrs<'a>> {
         let m = self.memo[slot].as_ref()?;
-        (m.scope == self.scope && m.raw == raw).then(|| Attrs {
+        (m.scope == self.scope && m.raw == raw).then_some(Attrs {
             xsi_type: Cow::Borrowed(m.xsi_type),
             nil: m.nil,
             mo_type: Cow::Borrowed(m.mo_type),

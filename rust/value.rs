@@ -43,14 +43,18 @@ struct Frame {
     string: bool,
     has_child: bool,
     nil: bool,
-    text_start: u32,
+    /// Offset in `buf` of the text being read (a `TAG_TEXT` header, its length still to be
+    /// written), or [`NO_TEXT`]: text goes straight into the encoding, and is taken back if it
+    /// turns out to be whitespace between elements.
+    pending: u32,
 }
 
+const NO_TEXT: u32 = u32::MAX;
+
 /// Streaming encoder of one `<val>`; reused between values (no allocation in the steady state).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ValueEncoder {
     buf: Vec<u8>,
-    text: Vec<u8>,
     frames: Vec<Frame>,
     entries: Vec<Entry>,
     /// Key/value of the value itself (a single `OptionValue`, for keyed extraConfig paths).
@@ -65,6 +69,24 @@ pub struct ValueEncoder {
     present: bool,
 }
 
+impl Default for ValueEncoder {
+    /// Room for a typical VM property value: no reallocation while a body's values are encoded.
+    fn default() -> Self {
+        ValueEncoder {
+            buf: Vec::with_capacity(16 * 1024),
+            frames: Vec::with_capacity(32),
+            entries: Vec::with_capacity(64),
+            top: Entry::default(),
+            scratch: Vec::new(),
+            order: Vec::new(),
+            keyed: Vec::new(),
+            top_text: false,
+            nil: false,
+            present: false,
+        }
+    }
+}
+
 /// The outcome of an extraConfig value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraConfigOut {
@@ -75,6 +97,7 @@ pub struct ExtraConfigOut {
     pub kept_keys: Option<Vec<String>>,
 }
 
+#[inline]
 fn push_str16(buf: &mut Vec<u8>, s: &[u8]) {
     let n = s.len().min(u16::MAX as usize);
     buf.extend_from_slice(&(n as u16).to_le_bytes());
@@ -94,7 +117,6 @@ impl ValueEncoder {
     /// Start a new value (the `<val>` element itself).
     pub fn begin(&mut self, type_local: &[u8], nil: bool) {
         self.buf.clear();
-        self.text.clear();
         self.frames.clear();
         self.entries.clear();
         self.top = Entry::default();
@@ -119,19 +141,30 @@ impl ValueEncoder {
         self.frames.len()
     }
 
+    /// Close the text being read in the current element: its length is written, or, when `keep`
+    /// says no, it is taken back. Returns the text's range in `buf`.
+    #[inline]
+    fn close_text(buf: &mut Vec<u8>, at: usize, keep: impl FnOnce(&[u8]) -> bool) -> Option<(u32, u32)> {
+        let text = &buf[at + 5..];
+        if keep(text) {
+            let n = (text.len() as u32).to_le_bytes();
+            buf[at + 1..at + 5].copy_from_slice(&n);
+            Some(((at + 5) as u32, buf.len() as u32))
+        } else {
+            buf.truncate(at);
+            None
+        }
+    }
+
     fn flush_text_before_child(&mut self) {
+        let top = self.frames.len() == 1;
         if let Some(parent) = self.frames.last_mut() {
             parent.has_child = true;
-            if !self.text.is_empty() && !is_ws(&self.text) {
-                if self.frames.len() == 1 {
-                    self.top_text = true;
-                }
-                self.buf.push(TAG_TEXT);
-                self.buf.extend_from_slice(&(self.text.len() as u32).to_le_bytes());
-                self.buf.extend_from_slice(&self.text);
+            let at = std::mem::replace(&mut parent.pending, NO_TEXT);
+            if at != NO_TEXT && Self::close_text(&mut self.buf, at as usize, |t| !t.is_empty() && !is_ws(t)).is_some() {
+                self.top_text |= top;
             }
         }
-        self.text.clear();
     }
 
     /// An element starts inside the value.
@@ -144,6 +177,7 @@ impl ValueEncoder {
                 ..Entry::default()
             });
         }
+        self.buf.reserve(5 + local.len() + type_local.len());
         self.buf.push(TAG_START);
         push_str16(&mut self.buf, local);
         push_str16(&mut self.buf, type_local);
@@ -158,7 +192,7 @@ impl ValueEncoder {
             string,
             has_child: false,
             nil,
-            text_start: 0,
+            pending: NO_TEXT,
         });
     }
 
@@ -173,25 +207,42 @@ impl ValueEncoder {
     /// Character data (already unescaped) inside the current element.
     #[inline]
     pub fn text(&mut self, t: &[u8]) {
-        self.text.extend_from_slice(t);
+        let Some(f) = self.frames.last_mut() else { return };
+        if f.pending == NO_TEXT {
+            f.pending = self.buf.len() as u32;
+            self.buf.extend_from_slice(&[TAG_TEXT, 0, 0, 0, 0]);
+        }
+        self.buf.extend_from_slice(t);
     }
 
     /// The current element ends. Returns true when it was the `<val>` itself.
     pub fn end(&mut self) -> bool {
-        let Some(mut f) = self.frames.pop() else { return true };
+        let Some(f) = self.frames.pop() else { return true };
         let depth = self.frames.len(); // depth of the ended element (0 = val)
         if f.nil {
+            if f.pending != NO_TEXT {
+                self.buf.truncate(f.pending as usize);
+            }
             self.buf.push(TAG_NIL);
-        } else if !f.has_child || (!self.text.is_empty() && !is_ws(&self.text)) {
-            if depth == 0 && !self.text.is_empty() && !is_ws(&self.text) {
+        } else {
+            // a leaf keeps its text (even empty or blank); after children only text that is not blank
+            let leaf = !f.has_child;
+            let mut nonblank = false;
+            let range = if f.pending != NO_TEXT {
+                Self::close_text(&mut self.buf, f.pending as usize, |t| {
+                    nonblank = (!leaf || depth == 0) && !t.is_empty() && !is_ws(t);
+                    leaf || nonblank
+                })
+            } else if leaf {
+                self.buf.extend_from_slice(&[TAG_TEXT, 0, 0, 0, 0]);
+                Some((self.buf.len() as u32, self.buf.len() as u32))
+            } else {
+                None
+            };
+            if depth == 0 && nonblank {
                 self.top_text = true;
             }
-            self.buf.push(TAG_TEXT);
-            self.buf.extend_from_slice(&(self.text.len() as u32).to_le_bytes());
-            f.text_start = self.buf.len() as u32;
-            self.buf.extend_from_slice(&self.text);
-            if !f.has_child && f.role != 0 {
-                let range = (f.text_start, self.buf.len() as u32);
+            if let Some(range) = range.filter(|_| leaf && f.role != 0) {
                 let target = match depth {
                     1 => Some(&mut self.top),
                     2 => self.entries.last_mut(),
@@ -207,7 +258,6 @@ impl ValueEncoder {
                 }
             }
         }
-        self.text.clear();
         self.buf.push(TAG_END);
         if depth == 1 {
             if let Some(e) = self.entries.last_mut() {
