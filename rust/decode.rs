@@ -210,23 +210,25 @@ struct Attrs<'a> {
 
 /// Which prefixes are bound to the XSI namespace, exactly: what the meaning of a tag's attributes
 /// depends on. vcsim binds the same prefix on every `<val>` and unbinds it at its end; naming the
-/// prefix (not counting the changes) keeps what was remembered under it valid from one value to
-/// the next.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum XsiScope<'a> {
-    /// None bound: `xsi` is taken by convention.
-    Default,
-    One(&'a [u8]),
-    /// Several: the epoch of the prefix stack (bumped on every change).
-    Many(u64),
-}
+/// prefixes (not counting the changes) keeps what was remembered under them valid from one value to
+/// the next. Up to [`SCOPE_IDS`] prefixes in scope, each is named by its number in the body's
+/// table of distinct XSI prefixes (a byte each, in the order bound); beyond, or once the table is
+/// full, the scope is the epoch of the prefix stack with the top bit set (bumped on every change,
+/// so nothing remembered is reused).
+type XsiScope = u64;
+
+/// Prefixes in scope a [`XsiScope`] names exactly.
+const SCOPE_IDS: usize = 7;
+
+/// Distinct XSI prefixes of one body that get a number.
+const MAX_PREFIX_IDS: usize = 255;
 
 /// The attributes of interest of one start tag, remembered by the tag's attribute bytes.
 #[derive(Clone, Copy)]
 struct AttrsMemo<'a> {
     raw: &'a [u8],
     /// The scope after the tag's own declarations.
-    scope: XsiScope<'a>,
+    scope: XsiScope,
     xsi_type: &'a [u8],
     nil: bool,
     mo_type: &'a [u8],
@@ -308,10 +310,12 @@ struct Parser<'a, 'f> {
     last_pos: u64,
     /// Prefixes bound to the XSI namespace, with the depth of their declaration.
     xsi_prefixes: Vec<(&'a [u8], usize)>,
+    /// Distinct prefixes bound to XSI so far in this body: their numbers in [`XsiScope`].
+    prefix_ids: Vec<&'a [u8]>,
     /// Bumped whenever `xsi_prefixes` changes.
     xsi_epoch: u64,
     /// The prefixes of `xsi_prefixes`, as remembered attributes are keyed.
-    scope: XsiScope<'a>,
+    scope: XsiScope,
     /// Remembered attributes (see `attrs`), by a hash of their bytes.
     memo: [Option<AttrsMemo<'a>>; MEMO_SLOTS],
     /// Remembered declarations (see `scan_xmlns`), by the same hash.
@@ -344,8 +348,9 @@ impl<'a, 'f> Parser<'a, 'f> {
             opts,
             last_pos: 0,
             xsi_prefixes: Vec::new(),
+            prefix_ids: Vec::new(),
             xsi_epoch: 0,
-            scope: XsiScope::Default,
+            scope: 0,
             memo: [None; MEMO_SLOTS],
             decl_memo: [None; MEMO_SLOTS],
             pop_after_empty: false,
@@ -515,11 +520,26 @@ impl<'a, 'f> Parser<'a, 'f> {
 
     fn prefixes_changed(&mut self) {
         self.xsi_epoch += 1;
-        self.scope = match self.xsi_prefixes.as_slice() {
-            [] => XsiScope::Default,
-            [(p, _)] => XsiScope::One(p),
-            _ => XsiScope::Many(self.xsi_epoch),
-        };
+        let mut scope: XsiScope = 0;
+        if self.xsi_prefixes.len() <= SCOPE_IDS {
+            for &(p, _) in &self.xsi_prefixes {
+                let id = match self.prefix_ids.iter().position(|q| *q == p) {
+                    Some(i) => i,
+                    None if self.prefix_ids.len() < MAX_PREFIX_IDS => {
+                        self.prefix_ids.push(p);
+                        self.prefix_ids.len() - 1
+                    }
+                    None => {
+                        scope = 1 << 63 | self.xsi_epoch;
+                        break;
+                    }
+                };
+                scope = scope << 8 | (id as u64 + 1);
+            }
+        } else {
+            scope = 1 << 63 | self.xsi_epoch;
+        }
+        self.scope = scope;
     }
 
     fn is_xsi_prefix(&self, prefix: &[u8]) -> bool {
