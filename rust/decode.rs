@@ -1578,6 +1578,11 @@ mod tests {
             obj("vm-1", &(change("a.b") + &change("c.d"))),
             obj("vm-2", &(change("c.d") + &change("a.b"))),
             obj("vm-3", &(change("a&#46;b") + &change("e.f"))),
+            // text in pieces: CDATA, a comment, a reference after plain text
+            obj(
+                "vm-6",
+                &(change("<![CDATA[c.d]]>") + &change("a.<!-- x -->b") + &change("e&#x2e;f") + &change(" c.d\n")),
+            ),
         ];
         let many: String = (0..MAX_INTERNED_PATHS + 10).map(|i| change(&format!("p{i}"))).collect();
         inner.push(obj("vm-4", &many));
@@ -1594,12 +1599,13 @@ mod tests {
         assert_eq!(paths[0], ["a.b", "c.d"]);
         assert_eq!(paths[1], ["c.d", "a.b"]);
         assert_eq!(paths[2], ["a.b", "e.f"]);
-        assert_eq!(paths[3].len(), MAX_INTERNED_PATHS + 10);
-        assert!(paths[3].iter().enumerate().all(|(i, p)| *p == format!("p{i}")));
-        assert_eq!(paths[4], ["a.b".to_owned(), format!("p{}", MAX_INTERNED_PATHS + 5)]);
+        assert_eq!(paths[3], ["c.d", "a.b", "e.f", " c.d\n"], "paths are not trimmed");
+        assert_eq!(paths[4].len(), MAX_INTERNED_PATHS + 10);
+        assert!(paths[4].iter().enumerate().all(|(i, p)| *p == format!("p{i}")));
+        assert_eq!(paths[5], ["a.b".to_owned(), format!("p{}", MAX_INTERNED_PATHS + 5)]);
         // one allocation per distinct path: the first object's `a.b` is the fifth's
         let a = &set.objects[0].changes[0].path;
-        assert!(std::sync::Arc::ptr_eq(a, &set.objects[4].changes[0].path));
+        assert!(std::sync::Arc::ptr_eq(a, &set.objects[5].changes[0].path));
         assert!(std::sync::Arc::ptr_eq(a, &set.objects[2].changes[0].path));
     }
 
