@@ -203,7 +203,27 @@ impl<'a> Tokenizer<'a> {
                     return self.end_tag(start);
                 }
                 Some(b'!' | b'?') | None => {}
-                Some(_) => return self.start_tag(start),
+                Some(_) => {
+                    // `<name>`, the most frequent tag: no attributes, within the limits
+                    let from = start + 1;
+                    let i = scan::name_end(buf, from, self.scan.backend());
+                    if buf.get(i) == Some(&b'>')
+                        && i > from
+                        && i - from <= MAX_NAME_LEN
+                        && self.excess == 0
+                        && self.open.len() < self.max_depth
+                    {
+                        let name = &buf[from..i];
+                        self.open.push(name);
+                        self.pos = i + 1;
+                        return Ok(Tok::Start {
+                            name,
+                            attrs: &buf[i..i],
+                            empty: false,
+                        });
+                    }
+                    return self.start_tag(start);
+                }
             }
         }
         self.next_other()
