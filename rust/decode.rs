@@ -27,6 +27,7 @@ use crate::batch::PathName;
 use crate::errors::{quote, quote_max, DecodeErrorInfo, Result, VmwatchError};
 use crate::filter::{keyed_extra_config_key, Filter, DEVICE_PATH, EXTRA_CONFIG_PATH};
 use crate::scan;
+use crate::tagmemo::{self, TagMemo};
 use crate::value::ValueEncoder;
 use crate::xml::{unescape_into, Attrs as RawAttrs, Tok, Tokenizer};
 use std::borrow::Cow;
@@ -174,9 +175,11 @@ fn decode_with_first_bad(body: &[u8], filter: &Filter, opts: DecodeOptions) -> (
     if let Err(e) = check_chars(body) {
         return (Err(e), None);
     }
-    let mut p = Parser::new(body, filter, opts);
-    let r = p.document().map_err(|e| p.locate(e));
-    (r, p.first_bad.take())
+    tagmemo::with(|memo| {
+        let mut p = Parser::new(body, filter, opts, memo);
+        let r = p.document().map_err(|e| p.locate(e));
+        (r, p.first_bad.take())
+    })
 }
 
 /// The whole body is UTF-8 and free of NUL bytes (XML allows neither): checked once, up front,
@@ -208,53 +211,13 @@ struct Attrs<'a> {
     mo_type: Cow<'a, [u8]>,
 }
 
-/// Which prefixes are bound to the XSI namespace, exactly: what the meaning of a tag's attributes
-/// depends on. vcsim binds the same prefix on every `<val>` and unbinds it at its end; naming the
-/// prefixes (not counting the changes) keeps what was remembered under them valid from one value to
-/// the next. Up to [`SCOPE_IDS`] prefixes in scope, each is named by its number in the body's
-/// table of distinct XSI prefixes (a byte each, in the order bound); beyond, or once the table is
-/// full, the scope is the epoch of the prefix stack with the top bit set (bumped on every change,
-/// so nothing remembered is reused).
-type XsiScope = u64;
-
-/// Prefixes in scope a [`XsiScope`] names exactly.
-const SCOPE_IDS: usize = 7;
-
-/// Distinct XSI prefixes of one body that get a number.
-const MAX_PREFIX_IDS: usize = 255;
-
-/// The attributes of interest of one start tag, remembered by the tag's attribute bytes.
-#[derive(Clone, Copy)]
-struct AttrsMemo<'a> {
-    raw: &'a [u8],
-    /// The scope after the tag's own declarations.
-    scope: XsiScope,
-    xsi_type: &'a [u8],
-    nil: bool,
-    mo_type: &'a [u8],
-}
-
-/// What a start tag's bytes declare: the XSI prefix, if any.
-#[derive(Clone, Copy)]
-struct DeclMemo<'a> {
-    raw: &'a [u8],
-    xsi: Option<&'a [u8]>,
-}
-
-/// Remembered attribute sets: vSphere values use a few dozen distinct ones (a VM's 31 properties
-/// and its device types).
-const MEMO_SLOTS: usize = 128;
-
-/// The memo slot of a tag's attribute bytes (not empty): a mix of the length and three bytes (the
-/// `xsi:type` values that tell tags apart are at the end).
-#[inline]
-fn memo_slot(raw: &[u8]) -> usize {
-    let n = raw.len();
-    let h = (n as u32)
-        ^ (u32::from(raw[n / 2]) << 8)
-        ^ (u32::from(raw[n - 1]) << 16)
-        ^ (u32::from(raw[n - n.min(3)]) << 24);
-    (h.wrapping_mul(0x9E37_79B1) >> 25) as usize % MEMO_SLOTS
+/// Where `part` (a slice of `whole`, or empty) is in `whole`; `None` if it is not in it.
+fn range_in(whole: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    if part.is_empty() {
+        return Some(0..0);
+    }
+    let at = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    (at <= whole.len() && part.len() <= whole.len() - at).then(|| at..at + part.len())
 }
 
 /// A start tag.
@@ -302,7 +265,7 @@ fn all_space(t: &[u8]) -> bool {
     t.iter().all(|c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
-struct Parser<'a, 'f> {
+struct Parser<'a, 'f, 'm> {
     body: &'a [u8],
     tok: Tokenizer<'a>,
     filter: &'f Filter,
@@ -310,16 +273,11 @@ struct Parser<'a, 'f> {
     last_pos: u64,
     /// Prefixes bound to the XSI namespace, with the depth of their declaration.
     xsi_prefixes: Vec<(&'a [u8], usize)>,
-    /// Distinct prefixes bound to XSI so far in this body: their numbers in [`XsiScope`].
-    prefix_ids: Vec<&'a [u8]>,
-    /// Bumped whenever `xsi_prefixes` changes.
-    xsi_epoch: u64,
+
     /// The prefixes of `xsi_prefixes`, as remembered attributes are keyed.
-    scope: XsiScope,
-    /// Remembered attributes (see `attrs`), by a hash of their bytes.
-    memo: [Option<AttrsMemo<'a>>; MEMO_SLOTS],
-    /// Remembered declarations (see `scan_xmlns`), by the same hash.
-    decl_memo: [Option<DeclMemo<'a>>; MEMO_SLOTS],
+    scope: tagmemo::Scope,
+    /// What is remembered of start tags (this thread's, across bodies).
+    memo: &'m mut TagMemo,
     pop_after_empty: bool,
     text: Vec<u8>,
     refbuf: Vec<u8>,
@@ -339,8 +297,8 @@ struct Parser<'a, 'f> {
     broken: bool,
 }
 
-impl<'a, 'f> Parser<'a, 'f> {
-    fn new(body: &'a [u8], filter: &'f Filter, opts: DecodeOptions) -> Self {
+impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
+    fn new(body: &'a [u8], filter: &'f Filter, opts: DecodeOptions, memo: &'m mut TagMemo) -> Self {
         Parser {
             body,
             tok: Tokenizer::new(body, MAX_DEPTH),
@@ -348,11 +306,8 @@ impl<'a, 'f> Parser<'a, 'f> {
             opts,
             last_pos: 0,
             xsi_prefixes: Vec::new(),
-            prefix_ids: Vec::new(),
-            xsi_epoch: 0,
             scope: 0,
-            memo: [None; MEMO_SLOTS],
-            decl_memo: [None; MEMO_SLOTS],
+            memo,
             pop_after_empty: false,
             text: Vec::new(),
             refbuf: Vec::new(),
@@ -452,14 +407,11 @@ impl<'a, 'f> Parser<'a, 'f> {
     /// bytes declare is remembered (for tags that declare at most one XSI prefix and parsed without
     /// error), and only the binding is done again.
     fn scan_xmlns(&mut self, attrs: &'a [u8], depth: usize) -> Result<()> {
-        let slot = memo_slot(attrs);
-        if let Some(d) = self.decl_memo[slot] {
-            if d.raw == attrs {
-                if let Some(prefix) = d.xsi {
-                    self.bind_xsi(prefix, depth)?;
-                }
-                return Ok(());
+        if let Some(d) = self.memo.decl(attrs) {
+            if let Some(prefix) = d {
+                self.bind_xsi(&attrs[prefix], depth)?;
             }
+            return Ok(());
         }
         let (mut count, mut first) = (0usize, None);
         for a in RawAttrs::with_backend(attrs, self.tok.backend()) {
@@ -472,8 +424,11 @@ impl<'a, 'f> Parser<'a, 'f> {
                 }
             }
         }
-        if count <= 1 {
-            self.decl_memo[slot] = Some(DeclMemo { raw: attrs, xsi: first });
+        match first.map(|p| range_in(attrs, p)) {
+            _ if count > 1 => {}
+            None => self.memo.remember_decl(attrs, None),
+            Some(Some(r)) => self.memo.remember_decl(attrs, Some(r)),
+            Some(None) => {}
         }
         Ok(())
     }
@@ -519,27 +474,8 @@ impl<'a, 'f> Parser<'a, 'f> {
     }
 
     fn prefixes_changed(&mut self) {
-        self.xsi_epoch += 1;
-        let mut scope: XsiScope = 0;
-        if self.xsi_prefixes.len() <= SCOPE_IDS {
-            for &(p, _) in &self.xsi_prefixes {
-                let id = match self.prefix_ids.iter().position(|q| *q == p) {
-                    Some(i) => i,
-                    None if self.prefix_ids.len() < MAX_PREFIX_IDS => {
-                        self.prefix_ids.push(p);
-                        self.prefix_ids.len() - 1
-                    }
-                    None => {
-                        scope = 1 << 63 | self.xsi_epoch;
-                        break;
-                    }
-                };
-                scope = scope << 8 | (id as u64 + 1);
-            }
-        } else {
-            scope = 1 << 63 | self.xsi_epoch;
-        }
-        self.scope = scope;
+        let bound = self.xsi_prefixes.iter().map(|&(p, _)| p);
+        self.scope = self.memo.scope(bound);
     }
 
     fn is_xsi_prefix(&self, prefix: &[u8]) -> bool {
@@ -558,8 +494,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         if raw.is_empty() {
             return Ok(Attrs::default());
         }
-        let slot = memo_slot(raw);
-        if let Some(m) = self.remembered(slot, raw) {
+        if let Some(m) = self.remembered(raw) {
             return Ok(m);
         }
         let out = self.parse_attrs(e)?;
@@ -572,25 +507,26 @@ impl<'a, 'f> Parser<'a, 'f> {
             }
         };
         if let (Some(xsi_type), Some(mo_type)) = (borrowed(&out.xsi_type), borrowed(&out.mo_type)) {
-            self.memo[slot] = Some(AttrsMemo {
-                raw,
-                scope: self.scope,
-                xsi_type,
-                nil: out.nil,
-                mo_type,
-            });
+            if let (Some(xsi_type), Some(mo_type)) = (range_in(raw, xsi_type), range_in(raw, mo_type)) {
+                let remembered = tagmemo::Attrs {
+                    xsi_type,
+                    nil: out.nil,
+                    mo_type,
+                };
+                self.memo.remember_attrs(raw, self.scope, remembered);
+            }
         }
         Ok(out)
     }
 
     /// The remembered attributes of `raw` (in `slot`), if valid in the current scope.
     #[inline]
-    fn remembered(&self, slot: usize, raw: &[u8]) -> Option<Attrs<'a>> {
-        let m = self.memo[slot].as_ref()?;
-        (m.scope == self.scope && m.raw == raw).then_some(Attrs {
-            xsi_type: Cow::Borrowed(m.xsi_type),
+    fn remembered(&self, raw: &'a [u8]) -> Option<Attrs<'a>> {
+        let m = self.memo.attrs(raw, self.scope)?;
+        Some(Attrs {
+            xsi_type: Cow::Borrowed(&raw[m.xsi_type.clone()]),
             nil: m.nil,
-            mo_type: Cow::Borrowed(m.mo_type),
+            mo_type: Cow::Borrowed(&raw[m.mo_type.clone()]),
         })
     }
 
@@ -1260,7 +1196,7 @@ impl<'a, 'f> Parser<'a, 'f> {
         if raw.is_empty() {
             return Some(Attrs::default());
         }
-        self.remembered(memo_slot(raw), raw)
+        self.remembered(raw)
     }
 
     /// Stream a `<val>` into the encoder.

@@ -11,6 +11,7 @@ pub mod errors;
 pub mod filter;
 pub mod index;
 pub mod scan;
+pub mod tagmemo;
 pub mod value;
 pub mod xml;
 
