@@ -338,8 +338,9 @@ impl ValueEncoder {
             let e = &entries[i as usize];
             &buf[e.start as usize..e.end as usize]
         };
+        // a merge sort: vSphere lists keys nearly sorted, and it finds the sorted runs
         self.order
-            .sort_unstable_by(|&a, &b| key_of(a).cmp(key_of(b)).then_with(|| bytes_of(a).cmp(bytes_of(b))));
+            .sort_by(|&a, &b| key_of(a).cmp(key_of(b)).then_with(|| bytes_of(a).cmp(bytes_of(b))));
         self.scratch.clear();
         self.scratch.extend_from_slice(DOMAIN_EXTRA_CONFIG);
         for &i in &self.order {
