@@ -245,7 +245,7 @@ fn memchr_colon(b: &[u8]) -> Option<usize> {
 #[inline]
 fn has_ref(t: &[u8]) -> bool {
     if t.len() < 32 {
-        t.contains(&b'&')
+        t.iter().any(|&c| c == b'&')
     } else {
         memchr::memchr(b'&', t).is_some()
     }

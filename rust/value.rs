@@ -97,7 +97,7 @@ pub struct ExtraConfigOut {
     pub kept_keys: Option<Vec<String>>,
 }
 
-#[inline]
+#[inline(always)]
 fn push_str16(buf: &mut Vec<u8>, s: &[u8]) {
     let n = s.len().min(u16::MAX as usize);
     buf.extend_from_slice(&(n as u16).to_le_bytes());
@@ -205,7 +205,7 @@ impl ValueEncoder {
     }
 
     /// Character data (already unescaped) inside the current element.
-    #[inline]
+    #[inline(always)]
     pub fn text(&mut self, t: &[u8]) {
         let Some(f) = self.frames.last_mut() else { return };
         if f.pending == NO_TEXT {
