@@ -175,11 +175,19 @@ fn decode_with_first_bad(body: &[u8], filter: &Filter, opts: DecodeOptions) -> (
     if let Err(e) = check_chars(body) {
         return (Err(e), None);
     }
-    tagmemo::with(|memo| {
-        let mut p = Parser::new(body, filter, opts, memo);
-        let r = p.document().map_err(|e| p.locate(e));
-        (r, p.first_bad.take())
-    })
+    tagmemo::with(|memo| decode_in(body, filter, opts, memo))
+}
+
+/// Decode with the given memo (the body's characters checked).
+fn decode_in(
+    body: &[u8],
+    filter: &Filter,
+    opts: DecodeOptions,
+    memo: &mut TagMemo,
+) -> (Result<Decoded>, Option<BadUpdate>) {
+    let mut p = Parser::new(body, filter, opts, memo);
+    let r = p.document().map_err(|e| p.locate(e));
+    (r, p.first_bad.take())
 }
 
 /// The whole body is UTF-8 and free of NUL bytes (XML allows neither): checked once, up front,
@@ -1436,6 +1444,64 @@ mod tests {
             fp(&body(&format!("<val xsi:type=\"T\">{decl}{decl}{decl}</val>"))),
             fp(&body(&format!("<val xsi:type=\"T\">{plain}{plain}{plain}</val>")))
         );
+    }
+
+    #[test]
+    fn what_a_thread_decoded_before_changes_nothing() {
+        // real captures, and the same values under other prefixes (bound once, bound per value,
+        // bound to another namespace), decoded each with a fresh memo and then all in turn, twice,
+        // on one memo
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let mut bodies: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        assert!(bodies.len() >= 10);
+        let captured = bodies.clone();
+        for b in &captured {
+            let s = String::from_utf8(b.clone()).unwrap();
+            bodies.push(s.replace("_XMLSchema-instance", "x").into_bytes());
+            bodies.push(
+                s.replace(
+                    "xmlns:_XMLSchema-instance=\"http://www.w3.org/2001/XMLSchema-instance\"",
+                    "xmlns:_XMLSchema-instance=\"urn:other\"",
+                )
+                .into_bytes(),
+            );
+            bodies.push(s.replace("_XMLSchema-instance:type", "xsi:type").into_bytes());
+        }
+        let f = Filter::new(None::<Vec<String>>, DEFAULT_NAME_KEY);
+        let opts = DecodeOptions { kept_keys: true };
+        let fresh: Vec<_> = bodies
+            .iter()
+            .map(|b| decode_in(b, &f, opts, &mut TagMemo::new()).0)
+            .collect();
+        let mut memo = TagMemo::new();
+        for round in 0..2 {
+            for (i, b) in bodies.iter().enumerate().rev() {
+                let warm = decode_in(b, &f, opts, &mut memo).0;
+                assert_eq!(
+                    format!("{warm:?}"),
+                    format!("{:?}", fresh[i]),
+                    "body {i}, round {round}"
+                );
+            }
+        }
+        // the variants differ where they should: another namespace is no XSI
+        let fp_of = |r: &Result<Decoded>| match r {
+            Ok(Decoded::Update(u)) => u
+                .objects
+                .iter()
+                .flat_map(|o| o.changes.iter().map(|c| c.fp))
+                .collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
+        let n = captured.len();
+        assert!((0..n).any(|i| fp_of(&fresh[n + 3 * i + 1]) != fp_of(&fresh[i])));
+        assert!((0..n).all(|i| fp_of(&fresh[n + 3 * i]) == fp_of(&fresh[i])));
     }
 
     #[test]
