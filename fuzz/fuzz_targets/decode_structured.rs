@@ -719,7 +719,7 @@ fn check_model(d: &Doc, got: &UpdateSet) {
         assert_eq!((&g.moref, &g.obj_type, g.kind), (&o.moref, &o.obj_type, o.kind));
         assert_eq!(g.changes.len(), o.changes.len());
         for (c, gc) in o.changes.iter().zip(&g.changes) {
-            assert_eq!(gc.path, c.path);
+            assert_eq!(&*gc.path, c.path.as_str());
             let null = matches!(c.op, "remove" | "indirectRemove") || matches!(c.val, None | Some(Val::Nil(_)));
             if let Some(key) = keyed_extra_config_key(&c.path) {
                 let ignored = IGNORED.contains(&key);
