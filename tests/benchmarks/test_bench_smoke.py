@@ -157,3 +157,39 @@ def test_watch_sync_smoke(tmp_path: Path) -> None:
     (sample,) = row['samples']
     assert row['vms'] == 40 and sample['signals'] >= 40
     assert 0 < row['median_cpu_s'] and row['median_peak_rss_mib'] > 8 and row['median_seconds'] > 0
+
+
+def test_run_sync_smoke(tmp_path: Path, kube_server: Any) -> None:
+    """benches/run_sync_bench.py with 20 VMs, no warm-up, one run, against the session's kube-apiserver: a fresh
+    `vmwatch run` process to the end of its initial sync; 15 VirtualMachines verified, 5 named by their VMs (one
+    request each, counted on stdout)."""
+    subprocess.run(
+        [sys.executable, str(ROOT / 'benches' / 'run_sync_bench.py'), '--vms', '20', '--runs', '1', '--warmups', '0',
+         '--unverified-every', '4', '--settle-s', '0', '--timeout-s', '60', '--kubeconfig', str(kube_server.kubeconfig),
+         '--label', 'smoke', '--out', str(tmp_path)],
+        check=True, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    (path,) = tmp_path.glob('run-sync-*-smoke.json')
+    result = json.loads(path.read_text())
+    assert {'python', 'vmwatch', 'vmwatch_build_info', 'pyvmomi'} <= set(result['versions'])
+    assert result['layout'] == 'every 4th VM unverified' and 'vmwatch_batches_total' in result['end_of_initial_sync']
+    row = result['rows']['20']
+    assert (row['vms'], row['verified'], row['unverified']) == (20, 15, 5)
+    (sample,) = row['samples']
+    # the whole initial sync was seen: every VM entered, the verified ones skipped, one request per unverified VM
+    assert sample['objects_entered'] == 20 and sample['verified_enters'] == 15 and sample['index_size'] >= 20
+    assert sample['deliveries_at_sync'] == sample['deliveries'] == 5 and sample['batches'] >= 1
+    assert sample['exit_code'] == 0 and sample['scrapes'] >= 1
+    assert 0 < sample['ready_cpu_s'] <= sample['cpu_s'] and 0 < sample['ready_seconds'] <= sample['seconds']
+    assert row['median_cpu_s'] > 0 and row['median_peak_rss_mib'] > 8
+    # the session's API server is shared: the bench removed its VirtualMachines and Zone
+    from kubernetes import client
+    from kubernetes import config as kconfig
+
+    with kconfig.new_client_from_config(config_file=str(kube_server.kubeconfig)) as api:
+        objects = client.CustomObjectsApi(api)
+        left = [o for group, version, plural in (('vmoperator.vmware.com', 'v1alpha6', 'virtualmachines'),
+                                                 ('topology.tanzu.vmware.com', 'v1alpha1', 'zones'))
+                for o in objects.list_cluster_custom_object(group, version, plural)['items']
+                if o['metadata']['namespace'].startswith('bench-run-')]  # fmt: skip
+    assert not left, 'left behind'
