@@ -24,7 +24,8 @@ each must have been written once the process has drained its queue on SIGTERM (`
 every 50 ms until 200 (`ready_seconds`, `ready_cpu_s`), then /metrics at half the predicted time to the last VM
 entered (0.05-2 s apart, from the rate of `vmwatch_object_updates_total{kind="enter"}`). The scrapes are part of the
 figure: their count and the CPU of one (20 more scrapes after the end) are in each sample. One warm-up run is not
-counted; medians of `--runs`.
+counted; medians of `--runs`. `import_floor`: a fresh interpreter importing only the modules `vmwatch run` loads,
+the share of each sample that does not grow with the inventory.
 
     python benches/run_sync_bench.py [--vms 1000 10000] [--runs 3] [--unverified-every 0] [--out benches/results]
 
@@ -53,6 +54,7 @@ from bench_common import write_result
 from pipeline_bench import machine, versions
 from vcenters_bench import ZONES, remove
 from vcsim_bench import cpu_s, inventory, name_unverified, prepare_kube, start_vcsim
+from vmwatch.devenv import ETCD_VERSION, KUBERNETES_VERSION
 from watch_sync_bench import peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +62,19 @@ SETTINGS_ENV = ROOT / 'deploy' / 'base' / 'settings.env'
 VCENTER = 'default'  # the metric label of the one vCenter given by the --vc-* settings
 READY_POLL_S, MIN_POLL_S, MAX_POLL_S = 0.05, 0.05, 2.0
 SCRAPE_PROBES = 20
+IMPORTS = ('import vmwatch.cli, vmwatch.run_cmd, vmwatch.service, vmwatch.kube.crds, vmwatch.kube.leader, '
+           'vmwatch.kube.shards, vmwatch.kube.sinks, vmwatch.kube.zones, vmwatch.liveness, vmwatch.logs, '
+           'vmwatch.metrics, uvloop; from vmwatch.vsphere import Session')  # fmt: skip
 END = 'first /metrics scrape with vmwatch_batches_total > vmwatch_truncated_pages_total (the initial sync processed)'
+
+
+def commit() -> str:
+    """The checkout's commit (+dirty when it has changes), '' outside git."""
+    git = ['git', '-C', str(ROOT)]
+    head = subprocess.run([*git, 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, check=False)
+    dirty = subprocess.run([*git, 'status', '--porcelain', '--untracked-files=no'], capture_output=True, text=True,
+                           check=False).stdout.strip()  # fmt: skip
+    return head.stdout.strip() + ('+dirty' if dirty else '') if head.returncode == 0 else ''
 
 
 def deploy_settings() -> dict[str, str]:
@@ -198,6 +212,7 @@ def run_once(vc: Any, kubeconfig: Path, vms: int, unverified: int, tmp: Path, ti
             exit_code = proc.wait()
     deliveries = count_lines(out_path)
     sample.update(
+        loadavg=[round(x, 2) for x in os.getloadavg()],
         seconds=wall,
         cpu_s=cpu,
         peak_rss_bytes=rss,
@@ -216,6 +231,25 @@ def run_once(vc: Any, kubeconfig: Path, vms: int, unverified: int, tmp: Path, ti
         raise RuntimeError(f'vmwatch run entered {sample["objects_entered"]} of {vms} VMs and delivered {deliveries} '
                            f'requests for {unverified} unverified VMs: {sample}')  # fmt: skip
     return sample
+
+
+def import_floor(runs: int) -> dict[str, Any]:
+    """CPU s and peak RSS of a fresh interpreter that only imports what `vmwatch run` loads (medians of `runs`): the
+    part of each sample that does not depend on the inventory."""
+    samples = []
+    for _ in range(runs):
+        proc = subprocess.Popen([sys.executable, '-c', IMPORTS], cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = 0
+        if status != 0:
+            raise RuntimeError(f'{IMPORTS!r} failed ({status})')
+        samples.append({'cpu_s': usage.ru_utime + usage.ru_stime, 'peak_rss_bytes': usage.ru_maxrss * 1024})
+    return {
+        'code': IMPORTS,
+        'median_cpu_s': round(statistics.median(x['cpu_s'] for x in samples), 3),
+        'median_peak_rss_mib': round(statistics.median(x['peak_rss_bytes'] for x in samples) / 2**20, 1),
+        'samples': samples,
+    }
 
 
 def create_zone(kubeconfig: Path, ns: str, folder: str) -> None:
@@ -274,7 +308,8 @@ def bench(vms: int, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             print(f'{len(listed)} VMs, run {i + 1}{" (warm-up)" if i < opts.warmups else ""}: {s["seconds"]:.2f} s, '
                   f'{s["cpu_s"]:.2f} CPU s, {s["peak_rss_bytes"] / 2**20:.1f} MiB', file=sys.stderr)  # fmt: skip
             samples.append(s)
-        remove(kubeconfig, ns)
+        if kube is None:  # a shared API server: leave it as it was (a fresh one is simply stopped)
+            remove(kubeconfig, ns)
     finally:
         if vc is not None:
             vc.stop()
@@ -309,19 +344,27 @@ def main(argv: list[str] | None = None) -> int:
     if opts.runs < 1 or opts.unverified_every < 0 or opts.warmups < 0 or any(n < 1 for n in opts.vms):
         p.error('--runs and --vms must be at least 1, --unverified-every and --warmups at least 0')
     date = dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')
+    started = {'started': dt.datetime.now(dt.UTC).isoformat(timespec='seconds'), 'machine': machine()}
     rows = {}
     with tempfile.TemporaryDirectory(prefix='vmwatch-run-sync-') as tmp:
         for n in opts.vms:
             rows[str(n)] = bench(n, opts, Path(tmp))
+    floor = import_floor(opts.runs)
     result = {
         'date': date,
-        'machine': machine(),
-        'versions': versions(),
+        **started,
+        'finished': dt.datetime.now(dt.UTC).isoformat(timespec='seconds'),
+        'loadavg_at_end': list(os.getloadavg()),
+        'versions': {**versions(), 'commit': commit(), 'kube_apiserver': KUBERNETES_VERSION, 'etcd': ETCD_VERSION},
         'runs': opts.runs,
         'end_of_initial_sync': END,
         'layout': 'verified' if not opts.unverified_every else f'every {opts.unverified_every}th VM unverified',
         'rows': rows,
-        'summary': {n: {k: v for k, v in r.items() if k not in ('samples', 'warmups')} for n, r in rows.items()},
+        'import_floor': floor,
+        'summary': {
+            **{n: {k: v for k, v in r.items() if k not in ('samples', 'warmups')} for n, r in rows.items()},
+            'import_floor': {k: v for k, v in floor.items() if k.startswith('median')},
+        },
     }
     opts.out.mkdir(parents=True, exist_ok=True)
     write_result(opts.out, f'run-sync-{date}{"-" + opts.label if opts.label else ""}', result)

@@ -183,6 +183,7 @@ def test_run_sync_smoke(tmp_path: Path, kube_server: Any) -> None:
     assert sample['exit_code'] == 0 and sample['scrapes'] >= 1
     assert 0 < sample['ready_cpu_s'] <= sample['cpu_s'] and 0 < sample['ready_seconds'] <= sample['seconds']
     assert row['median_cpu_s'] > 0 and row['median_peak_rss_mib'] > 8
+    assert 0 < result['import_floor']['median_cpu_s'] and result['import_floor']['median_peak_rss_mib'] > 8
     # the session's API server is shared: the bench removed its VirtualMachines and Zone
     from kubernetes import client
     from kubernetes import config as kconfig
