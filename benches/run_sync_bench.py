@@ -227,9 +227,12 @@ def run_once(vc: Any, kubeconfig: Path, vms: int, unverified: int, tmp: Path, ti
         deliveries=deliveries,
         exit_code=exit_code,
     )
-    if deliveries != unverified or sample['objects_entered'] != vms:
-        raise RuntimeError(f'vmwatch run entered {sample["objects_entered"]} of {vms} VMs and delivered {deliveries} '
-                           f'requests for {unverified} unverified VMs: {sample}')  # fmt: skip
+    if sample['objects_entered'] != vms:  # the end was seen too early: no figure
+        raise RuntimeError(f'vmwatch run entered {sample["objects_entered"]} of {vms} VMs at the end: {sample}')
+    sample['as_expected'] = deliveries == unverified and sample['verified_enters'] == vms - unverified
+    if not sample['as_expected']:  # kept (and said): a finding about vmwatch run, not a broken measurement
+        print(f'vmwatch run delivered {deliveries} requests for {unverified} unverified VMs and skipped '
+              f'{sample["verified_enters"]} of {vms - unverified} verified ones', file=sys.stderr)  # fmt: skip
     return sample
 
 

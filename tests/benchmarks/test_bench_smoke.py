@@ -180,7 +180,7 @@ def test_run_sync_smoke(tmp_path: Path, kube_server: Any) -> None:
     # the whole initial sync was seen: every VM entered, the verified ones skipped, one request per unverified VM
     assert sample['objects_entered'] == 200 and sample['verified_enters'] == 150 and sample['index_size'] >= 200
     assert sample['deliveries_at_sync'] <= sample['deliveries'] == 50 and sample['batches'] >= 2
-    assert sample['exit_code'] == 0 and sample['scrapes'] >= 1
+    assert sample['exit_code'] == 0 and sample['scrapes'] >= 1 and sample['as_expected']
     assert 0 < sample['ready_cpu_s'] <= sample['cpu_s'] and 0 < sample['ready_seconds'] <= sample['seconds']
     assert row['median_cpu_s'] > 0 and row['median_peak_rss_mib'] > 8
     assert 0 < result['import_floor']['median_cpu_s'] and result['import_floor']['median_peak_rss_mib'] > 8
