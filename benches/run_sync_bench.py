@@ -25,7 +25,8 @@ every 50 ms until 200 (`ready_seconds`, `ready_cpu_s`), then /metrics at half th
 entered (0.05-2 s apart, from the rate of `vmwatch_object_updates_total{kind="enter"}`). The scrapes are part of the
 figure: their count and the CPU of one (20 more scrapes after the end) are in each sample. One warm-up run is not
 counted; medians of `--runs`. `import_floor`: a fresh interpreter importing only the modules `vmwatch run` loads,
-the share of each sample that does not grow with the inventory.
+the share of each sample that does not grow with the inventory. `--profile`: one more run per size under py-spy,
+stopped at the same end; its top frames go to run-sync-<date>-<vms>-profile.txt.
 
     python benches/run_sync_bench.py [--vms 1000 10000] [--runs 3] [--unverified-every 0] [--out benches/results]
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -55,7 +57,7 @@ from pipeline_bench import machine, versions
 from vcenters_bench import ZONES, remove
 from vcsim_bench import cpu_s, inventory, name_unverified, prepare_kube, start_vcsim
 from vmwatch.devenv import ETCD_VERSION, KUBERNETES_VERSION
-from watch_sync_bench import peak_rss_bytes
+from watch_sync_bench import peak_rss_bytes, profile_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_ENV = ROOT / 'deploy' / 'base' / 'settings.env'
@@ -64,7 +66,8 @@ READY_POLL_S, MIN_POLL_S, MAX_POLL_S = 0.05, 0.05, 2.0
 SCRAPE_PROBES = 20
 IMPORTS = ('import vmwatch.cli, vmwatch.run_cmd, vmwatch.service, vmwatch.kube.crds, vmwatch.kube.leader, '
            'vmwatch.kube.shards, vmwatch.kube.sinks, vmwatch.kube.zones, vmwatch.liveness, vmwatch.logs, '
-           'vmwatch.metrics, uvloop; from vmwatch.vsphere import Session')  # fmt: skip
+           'vmwatch.metrics, uvloop; from vmwatch.vsphere import Session; '
+           'from kubernetes.client import CoordinationV1Api, CoreV1Api, CustomObjectsApi')  # fmt: skip
 END = 'first /metrics scrape with vmwatch_batches_total > vmwatch_truncated_pages_total (the initial sync processed)'
 
 
@@ -150,12 +153,27 @@ def next_poll_s(progress: list[tuple[float, float]], now: float, entered: float,
 
 
 def count_lines(path: Path) -> int:
+    """The JSON lines (requests) in the sink's output so far (under --profile py-spy writes there too)."""
     with path.open('rb') as f:
-        return f.read().count(b'\n')
+        return sum(1 for line in f if line.startswith(b'{') and line.endswith(b'\n'))
 
 
-def run_once(vc: Any, kubeconfig: Path, vms: int, unverified: int, tmp: Path, timeout_s: float) -> dict[str, Any]:
-    """One fresh `vmwatch run` process up to the end of its initial sync; then SIGTERM."""
+def child_of(pid: int, timeout_s: float = 10.0) -> int:
+    """The first child process of `pid` (py-spy's profiled command)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        children = Path(f'/proc/{pid}/task/{pid}/children').read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.01)
+    raise RuntimeError(f'process {pid} started no child')
+
+
+def run_once(
+    vc: Any, kubeconfig: Path, vms: int, unverified: int, tmp: Path, timeout_s: float, spy: list[str] | None = None
+) -> dict[str, Any]:
+    """One fresh `vmwatch run` process up to the end of its initial sync; then SIGTERM. With `spy` (a py-spy
+    command line ending in '--') it runs under py-spy, which is stopped (and writes its profile) at the end."""
     from kubernetes import client
 
     from vmwatch.devenv import free_port
@@ -170,8 +188,8 @@ def run_once(vc: Any, kubeconfig: Path, vms: int, unverified: int, tmp: Path, ti
     vmwatch = Path(sys.executable).with_name('vmwatch')  # the console script (vmwatch.cli:main)
     with out_path.open('wb') as out, err_path.open('wb') as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([str(vmwatch), 'run'], env=env, stdout=out, stderr=err, cwd=tmp)
-    pid = proc.pid
+        proc = subprocess.Popen([*(spy or []), str(vmwatch), 'run'], env=env, stdout=out, stderr=err, cwd=tmp)
+    pid = child_of(proc.pid) if spy else proc.pid
     sample: dict[str, Any] = {}
     scrapes = 0
     progress: list[tuple[float, float]] = []
@@ -204,12 +222,7 @@ def run_once(vc: Any, kubeconfig: Path, vms: int, unverified: int, tmp: Path, ti
             scrape(metrics_port)
         scrape_cpu_ms = 1000 * (cpu_s(pid) - c0) / SCRAPE_PROBES
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            exit_code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            exit_code = proc.wait()
+        exit_code = stop(proc, pid if spy else None)
     deliveries = count_lines(out_path)
     sample.update(
         loadavg=[round(x, 2) for x in os.getloadavg()],
@@ -232,7 +245,8 @@ def run_once(vc: Any, kubeconfig: Path, vms: int, unverified: int, tmp: Path, ti
     sample['as_expected'] = deliveries == unverified and sample['verified_enters'] == vms - unverified
     if not sample['as_expected']:  # kept (and said): a finding about vmwatch run, not a broken measurement
         print(f'vmwatch run delivered {deliveries} requests for {unverified} unverified VMs and skipped '
-              f'{sample["verified_enters"]} of {vms - unverified} verified ones', file=sys.stderr)  # fmt: skip
+              f'{sample["verified_enters"]} of {vms - unverified} verified ones; the first requests:\n'
+              + ''.join(out_path.read_text().splitlines(keepends=True)[:5]), file=sys.stderr)  # fmt: skip
     return sample
 
 
@@ -253,6 +267,25 @@ def import_floor(runs: int) -> dict[str, Any]:
         'median_peak_rss_mib': round(statistics.median(x['peak_rss_bytes'] for x in samples) / 2**20, 1),
         'samples': samples,
     }
+
+
+def stop(proc: subprocess.Popen[bytes], spied: int | None) -> int:
+    """SIGTERM to `vmwatch run` and its exit code; when `proc` is py-spy around it (`spied` is its pid), SIGINT
+    py-spy first (the profile ends at the initial sync, without the shutdown)."""
+    if spied is not None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        os.kill(spied, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while Path(f'/proc/{spied}').exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return 0  # not our child: its exit code is py-spy's to collect
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def create_zone(kubeconfig: Path, ns: str, folder: str) -> None:
@@ -278,6 +311,19 @@ def medians(samples: list[dict[str, Any]]) -> dict[str, Any]:
         'median_ready_cpu_s': round(med['ready_cpu_s'], 3),
         'samples': samples,
     }
+
+
+def profile(vc: Any, kubeconfig: Path, vms: int, unverified: int, tmp: Path, opts: argparse.Namespace) -> str:
+    """One more run under py-spy (250 Hz, Python frames of running threads); its top frames go to
+    <out>/run-sync-<date>-<vms>-profile.txt, whose name is returned."""
+    spy = shutil.which('py-spy') or str(Path(sys.executable).with_name('py-spy'))
+    raw = tmp / f'profile-{vms}.txt'
+    run_once(vc, kubeconfig, vms, unverified, tmp, opts.timeout_s,
+             spy=[spy, 'record', '--format', 'raw', '-r', '250', '-o', str(raw), '--'])  # fmt: skip
+    title = f'py-spy record -r 250 (running threads), {{n}} samples, vmwatch run from exec to the initial sync of {vms}'
+    path = opts.out / f'run-sync-{opts.date}-{vms}-profile.txt'
+    path.write_text(profile_summary(raw, title))
+    return path.name
 
 
 def bench(vms: int, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -311,6 +357,8 @@ def bench(vms: int, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             print(f'{len(listed)} VMs, run {i + 1}{" (warm-up)" if i < opts.warmups else ""}: {s["seconds"]:.2f} s, '
                   f'{s["cpu_s"]:.2f} CPU s, {s["peak_rss_bytes"] / 2**20:.1f} MiB', file=sys.stderr)  # fmt: skip
             samples.append(s)
+        if opts.profile:
+            profiled = profile(vc, kubeconfig, len(listed), unverified, tmp, opts)
         if kube is None:  # a shared API server: leave it as it was (a fresh one is simply stopped)
             remove(kubeconfig, ns)
     finally:
@@ -326,6 +374,7 @@ def bench(vms: int, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         'warmups': samples[: opts.warmups],
         'prepare_s': {k: round(v, 1) for k, v in prepare.items()},
         'settle_s': opts.settle_s,
+        **({'profile': profiled} if opts.profile else {}),
     }
 
 
@@ -342,11 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--settle-s', type=float, default=15.0, help='pause after writing the objects (default 15)')
     p.add_argument('--kubeconfig', type=Path, help='a running kube-apiserver instead of a fresh one per size')
     p.add_argument('--out', type=Path, default=ROOT / 'benches' / 'results')
+    p.add_argument('--profile', action='store_true', help='one more run per size under py-spy (pip install py-spy)')
     p.add_argument('--label', default='', help='suffix of the result file, e.g. "smoke"')
     opts = p.parse_args(argv)
     if opts.runs < 1 or opts.unverified_every < 0 or opts.warmups < 0 or any(n < 1 for n in opts.vms):
         p.error('--runs and --vms must be at least 1, --unverified-every and --warmups at least 0')
-    date = dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')
+    date = opts.date = dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')
+    opts.out.mkdir(parents=True, exist_ok=True)
     started = {'started': dt.datetime.now(dt.UTC).isoformat(timespec='seconds'), 'machine': machine()}
     rows = {}
     with tempfile.TemporaryDirectory(prefix='vmwatch-run-sync-') as tmp:
