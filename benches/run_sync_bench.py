@@ -52,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import write_result
+from bench_common import last_json_line, write_result
 from pipeline_bench import machine, versions
 from vcenters_bench import ZONES, remove
 from vcsim_bench import cpu_s, inventory, name_unverified, prepare_kube, start_vcsim
@@ -252,15 +252,16 @@ def run_once(
 
 def import_floor(runs: int) -> dict[str, Any]:
     """CPU s and peak RSS of a fresh interpreter that only imports what `vmwatch run` loads (medians of `runs`): the
-    part of each sample that does not depend on the inventory."""
+    part of each sample that does not depend on the inventory. The child reports its own VmHWM: a child's ru_maxrss
+    would count the parent's pages at the fork."""
+    report = ('; import json, time; print(json.dumps({"cpu_s": time.process_time(), "hwm": '
+              '[l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]}))')  # fmt: skip
     samples = []
     for _ in range(runs):
-        proc = subprocess.Popen([sys.executable, '-c', IMPORTS], cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = 0
-        if status != 0:
-            raise RuntimeError(f'{IMPORTS!r} failed ({status})')
-        samples.append({'cpu_s': usage.ru_utime + usage.ru_stime, 'peak_rss_bytes': usage.ru_maxrss * 1024})
+        out = subprocess.run([sys.executable, '-c', IMPORTS + report], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+        res = last_json_line(out)
+        samples.append({'cpu_s': res['cpu_s'], 'peak_rss_bytes': int(res['hwm']) * 1024})
     return {
         'code': IMPORTS,
         'median_cpu_s': round(statistics.median(x['cpu_s'] for x in samples), 3),
