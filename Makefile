@@ -83,10 +83,11 @@ benchmark: build-prod ## Decode benchmark: vmwatch vs pyVmomi vs govmomi vs expa
 	$(BIN)/python benches/decode_bench.py
 
 .PHONY: bench
-bench: build-prod servers ## Benchmarks vs a plain pyVmomi watcher, and several vCenters (~75 min): benches/results/{startup,watch-sync,pipeline,vcsim,vcenters}-<date>.json + PNGs
+bench: build-prod servers ## Benchmarks vs a plain pyVmomi watcher, and several vCenters (~90 min): benches/results/{startup,watch-sync,run-sync,pipeline,vcsim,vcenters}-<date>.json + PNGs
 	$(BIN)/pip install -q 'matplotlib>=3.8'
 	$(BIN)/python benches/startup_bench.py
 	$(BIN)/python benches/watch_sync_bench.py
+	$(BIN)/python benches/run_sync_bench.py
 	$(BIN)/python benches/pipeline_bench.py --startup-vms 1000 2000
 	$(BIN)/python benches/vcsim_bench.py
 	$(BIN)/python benches/vcenters_bench.py

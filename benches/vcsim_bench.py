@@ -579,7 +579,8 @@ def pooled_namespace(kubeconfig: Path, ns: str) -> Any:
 
 
 def prepare_kube(kubeconfig: Path, ns: str, listed: list[tuple[str, str]], unverified_every: int) -> float:
-    """Create one VirtualMachine per VM through the API (a thread pool of creates and status patches)."""
+    """Create one VirtualMachine per VM through the API (a thread pool of creates and status patches): every
+    `unverified_every`-th without a uniqueID, the others verified (0: all verified)."""
     from kubernetes import client
 
     t0 = time.perf_counter()
@@ -592,7 +593,7 @@ def prepare_kube(kubeconfig: Path, ns: str, listed: list[tuple[str, str]], unver
         name = k8s_name(vm_name)
         body = {'apiVersion': f'{group}/{version}', 'kind': 'VirtualMachine', 'metadata': {'name': name}, 'spec': {}}
         objects.create_namespaced_custom_object(group, version, ns, plural, body)
-        if i % unverified_every != 0:
+        if not unverified_every or i % unverified_every != 0:
             objects.patch_namespaced_custom_object_status(
                 group, version, ns, plural, name, {'status': {'uniqueID': moref}}
             )
@@ -616,10 +617,13 @@ def remove_kube(kubeconfig: Path, ns: str) -> None:
 
 
 def name_unverified(vc: Any, ns: str, listed: list[tuple[str, str]], unverified_every: int) -> None:
-    """Put vmservice.namespacedName into the extraConfig of every `unverified_every`-th VM (raw SOAP, 4 sessions)."""
+    """Put vmservice.namespacedName into the extraConfig of every `unverified_every`-th VM (raw SOAP, 4 sessions;
+    0: none)."""
     from vmwatch.vsphere import Session
 
-    targets = [(m, n) for i, (m, n) in enumerate(listed) if i % unverified_every == 0]
+    targets = [(m, n) for i, (m, n) in enumerate(listed) if unverified_every and i % unverified_every == 0]
+    if not targets:
+        return
     body_t = _SOAP.replace('{args}', '<spec><extraConfig><key>vmservice.namespacedName</key>'
                            '<value xsi:type="xsd:string">{value}</value></extraConfig></spec>')  # fmt: skip
 

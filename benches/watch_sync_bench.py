@@ -147,6 +147,13 @@ def profile(vms: int, tmp: Path, out: Path) -> Path:
         time.sleep(1.0)  # py-spy writes its file when the child exits
     finally:
         vc.stop()
+    title = 'py-spy record --gil -r 250 (Python holding the GIL only), {n} samples, vmwatch watch to the initial '
+    out.write_text(profile_summary(raw, title + f'sync of {len(listed)} VMs'))
+    return out
+
+
+def profile_summary(raw: Path, title: str) -> str:
+    """The top frames of a py-spy raw profile by own and total samples; `title` may name {n}, the samples."""
     own: dict[str, int] = {}
     total: dict[str, int] = {}
     n = 0
@@ -158,14 +165,11 @@ def profile(vms: int, tmp: Path, out: Path) -> Path:
         own[frames[-1]] = own.get(frames[-1], 0) + c
         for f in set(frames):
             total[f] = total.get(f, 0) + c
-    lines = [f'py-spy record --gil -r 250 (Python holding the GIL only), {n} samples, vmwatch watch to the initial '
-             f'sync of {len(listed)} VMs', '',
-             'own %   frame']  # fmt: skip
+    lines = [title.format(n=n), '', 'own %   frame']
     lines += [f'{100 * c / n:5.1f}   {f}' for f, c in sorted(own.items(), key=lambda x: -x[1])[:25]]
     lines += ['', 'total % frame']
     lines += [f'{100 * c / n:5.1f}   {f}' for f, c in sorted(total.items(), key=lambda x: -x[1])[:40]]
-    out.write_text('\n'.join(lines) + '\n')
-    return out
+    return '\n'.join(lines) + '\n'
 
 
 def breakdown_child(spec: dict[str, Any]) -> dict[str, Any]:

@@ -157,3 +157,41 @@ def test_watch_sync_smoke(tmp_path: Path) -> None:
     (sample,) = row['samples']
     assert row['vms'] == 40 and sample['signals'] >= 40
     assert 0 < row['median_cpu_s'] and row['median_peak_rss_mib'] > 8 and row['median_seconds'] > 0
+
+
+def test_run_sync_smoke(tmp_path: Path, kube_server: Any) -> None:
+    """benches/run_sync_bench.py with 200 VMs, no warm-up, one run, against the session's kube-apiserver: a fresh
+    `vmwatch run` process to the end of its initial sync (three pages: the end must not be seen before the last);
+    150 VirtualMachines verified, 50 named by their VMs (one request each, counted on stdout)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'benches' / 'run_sync_bench.py'), '--vms', '200', '--runs', '1', '--warmups', '0',
+         '--unverified-every', '4', '--settle-s', '0', '--timeout-s', '60', '--kubeconfig', str(kube_server.kubeconfig),
+         '--label', 'smoke', '--out', str(tmp_path)],
+        capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = tmp_path.glob('run-sync-*-smoke.json')
+    result = json.loads(path.read_text())
+    assert {'python', 'vmwatch', 'vmwatch_build_info', 'pyvmomi'} <= set(result['versions'])
+    assert result['layout'] == 'every 4th VM unverified' and 'vmwatch_batches_total' in result['end_of_initial_sync']
+    row = result['rows']['200']
+    assert (row['vms'], row['verified'], row['unverified']) == (200, 150, 50)
+    (sample,) = row['samples']
+    # the whole initial sync was seen: every VM entered, the verified ones skipped, one request per unverified VM
+    assert sample['objects_entered'] == 200 and sample['verified_enters'] == 150 and sample['index_size'] >= 200
+    assert sample['deliveries_at_sync'] <= sample['deliveries'] == 50 and sample['batches'] >= 2
+    assert sample['exit_code'] == 0 and sample['scrapes'] >= 1 and sample['as_expected']
+    assert 0 < sample['ready_cpu_s'] <= sample['cpu_s'] and 0 < sample['ready_seconds'] <= sample['seconds']
+    assert row['median_cpu_s'] > 0 and row['median_peak_rss_mib'] > 8
+    assert 0 < result['import_floor']['median_cpu_s'] and result['import_floor']['median_peak_rss_mib'] > 8
+    # the session's API server is shared: the bench removed its VirtualMachines and Zone
+    from kubernetes import client
+    from kubernetes import config as kconfig
+
+    with kconfig.new_client_from_config(config_file=str(kube_server.kubeconfig)) as api:
+        objects = client.CustomObjectsApi(api)
+        left = [o for group, version, plural in (('vmoperator.vmware.com', 'v1alpha6', 'virtualmachines'),
+                                                 ('topology.tanzu.vmware.com', 'v1alpha1', 'zones'))
+                for o in objects.list_cluster_custom_object(group, version, plural)['items']
+                if o['metadata']['namespace'].startswith('bench-run-')]  # fmt: skip
+    assert not left, 'left behind'
