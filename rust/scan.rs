@@ -163,28 +163,6 @@ impl<'a> Scanner<'a> {
         self.masks
     }
 
-    /// The first offset in `from..to` whose byte is selected by `sel`, if any.
-    #[inline]
-    pub fn find_in(&mut self, from: usize, to: usize, sel: impl Fn(&Masks) -> u64) -> Option<usize> {
-        let to = to.min(self.buf.len());
-        if from >= to {
-            return None;
-        }
-        let mut base = from & !(BLOCK - 1);
-        let mut m = sel(&self.block(base)) & (!0u64 << (from - base));
-        loop {
-            if m != 0 {
-                let at = base + m.trailing_zeros() as usize;
-                return (at < to).then_some(at);
-            }
-            base += BLOCK;
-            if base >= to {
-                return None;
-            }
-            m = sel(&self.block(base));
-        }
-    }
-
     /// The first offset at or after `from` whose byte is selected by `sel`.
     #[inline]
     pub fn find(&mut self, from: usize, sel: impl Fn(&Masks) -> u64) -> Option<usize> {
@@ -379,9 +357,6 @@ mod tests {
                         assert_eq!(s.find(from, |m| m.gt), naive(&buf, from, b'>'));
                         assert_eq!(s.find(from, |m| m.quot), naive(&buf, from, b'"'));
                         assert_eq!(s.find(from, |m| m.apos), naive(&buf, from, b'\''));
-                        let to = from + (lcg(&mut seed) as usize % 80);
-                        let want = naive(&buf, from, b'<').filter(|&i| i < to);
-                        assert_eq!(s.find_in(from, to, |m| m.lt), want);
                     }
                 }
             }
