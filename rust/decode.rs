@@ -496,7 +496,7 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
 
     /// The attributes of interest of a start tag. Values repeat their attributes all the time
     /// (`xsi:type="Description"`), so a result is remembered by the attribute bytes, as long as the
-    /// XSI prefixes in scope are the same (`xsi_epoch`); only results without references (borrowed
+    /// XSI prefixes in scope are the same (`scope`, see tagmemo.rs); only results without references (borrowed
     /// from the body) are, and an error is never remembered.
     fn attrs(&mut self, e: Elem<'a>) -> Result<Attrs<'a>> {
         let raw = e.attrs;
