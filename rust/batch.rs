@@ -135,7 +135,7 @@ struct PathTable {
     names: Vec<PathName>,
     /// `durable::path_key` of each name: digests do not depend on the order paths were interned in.
     keys: Vec<u64>,
-    ids: HashMap<Box<str>, u32>,
+    ids: HashMap<PathName, u32>,
     /// Ids in the order of their names: `names_of` lists a mask sorted without sorting strings.
     by_name: Vec<u32>,
     extra_config_mask: u64,
@@ -150,9 +150,10 @@ impl PathTable {
             return None;
         }
         let id = self.names.len() as u32;
-        self.names.push(path.into());
+        let name: PathName = path.into();
+        self.names.push(name.clone());
         self.keys.push(durable::path_key(path));
-        self.ids.insert(path.into(), id);
+        self.ids.insert(name, id);
         let at = self.by_name.partition_point(|&i| *self.names[i as usize] < *path);
         self.by_name.insert(at, id);
         if path == EXTRA_CONFIG_PATH || path.starts_with(EXTRA_CONFIG_KEYED_PREFIX) {

@@ -433,11 +433,15 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
                 }
             }
         }
-        match first.map(|p| range_in(attrs, p)) {
-            _ if count > 1 => {}
-            None => self.memo.remember_decl(attrs, None),
-            Some(Some(r)) => self.memo.remember_decl(attrs, Some(r)),
-            Some(None) => {}
+        if count <= 1 {
+            match first {
+                None => self.memo.remember_decl(attrs, None),
+                Some(p) => {
+                    if let Some(r) = range_in(attrs, p) {
+                        self.memo.remember_decl(attrs, Some(r));
+                    }
+                }
+            }
         }
         Ok(())
     }
