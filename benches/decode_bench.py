@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         help="another build's venv interpreter: its Decider is timed in the same run, interleaved",
     )
     ap.add_argument('--no-go', action='store_true', help='skip govmomi (no Go toolchain, or no time)')
+    ap.add_argument('--only', metavar='TEXT', help='only the payloads whose file name contains TEXT')
     ap.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.serve:
@@ -298,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     cpu = pin_one_cpu()
     baseline = Baseline(a.baseline_python, cpu) if a.baseline_python else None
     rows = []
-    files = payloads()
+    files = [p for p in payloads() if a.only is None or a.only in p.name]
+    if not files:
+        ap.error(f'no payload matches --only {a.only!r}')
     with tempfile.TemporaryDirectory() as tmp:
         exe = None if a.no_go else build_go(Path(tmp))
         go = run_go(exe, files, 3 if a.quick else 10, cpu) if exe else {}

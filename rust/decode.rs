@@ -26,9 +26,10 @@
 use crate::batch::PathName;
 use crate::errors::{quote, quote_max, DecodeErrorInfo, Result, VmwatchError};
 use crate::filter::{keyed_extra_config_key, Filter, DEVICE_PATH, EXTRA_CONFIG_PATH};
-use crate::scan;
+use crate::scan::{self, eq_bytes};
 use crate::tagmemo::{self, TagMemo};
 use crate::value::ValueEncoder;
+use crate::workspace::{self, Buffers, Workspace};
 use crate::xml::{unescape_into, Attrs as RawAttrs, Tok, Tokenizer};
 use std::borrow::Cow;
 
@@ -175,19 +176,21 @@ fn decode_with_first_bad(body: &[u8], filter: &Filter, opts: DecodeOptions) -> (
     if let Err(e) = check_chars(body) {
         return (Err(e), None);
     }
-    tagmemo::with(|memo| decode_in(body, filter, opts, memo))
+    workspace::with(|ws| decode_in(body, filter, opts, ws))
 }
 
-/// Decode with the given memo (the body's characters checked).
+/// Decode with the given workspace (the body's characters checked).
 fn decode_in(
     body: &[u8],
     filter: &Filter,
     opts: DecodeOptions,
-    memo: &mut TagMemo,
+    ws: &mut Workspace,
 ) -> (Result<Decoded>, Option<BadUpdate>) {
-    let mut p = Parser::new(body, filter, opts, memo);
+    let mut p = Parser::new(body, filter, opts, &mut ws.memo, std::mem::take(&mut ws.bufs));
     let r = p.document().map_err(|e| p.locate(e));
-    (r, p.first_bad.take())
+    let first_bad = p.first_bad.take();
+    ws.bufs = p.into_buffers();
+    (r, first_bad)
 }
 
 /// The whole body is UTF-8 and free of NUL bytes (XML allows neither): checked once, up front,
@@ -307,7 +310,9 @@ struct Parser<'a, 'f, 'm> {
 }
 
 impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
-    fn new(body: &'a [u8], filter: &'f Filter, opts: DecodeOptions, memo: &'m mut TagMemo) -> Self {
+    fn new(body: &'a [u8], filter: &'f Filter, opts: DecodeOptions, memo: &'m mut TagMemo, bufs: Buffers) -> Self {
+        let Buffers { mut enc, text, refbuf } = bufs;
+        enc.reset();
         Parser {
             body,
             tok: Tokenizer::new(body, MAX_DEPTH),
@@ -318,9 +323,9 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
             scope: 0,
             memo,
             pop_after_empty: false,
-            text: Vec::new(),
-            refbuf: Vec::new(),
-            enc: ValueEncoder::new(),
+            text,
+            refbuf,
+            enc,
             cur_moref: None,
             cur_path: None,
             paths: Vec::new(),
@@ -328,6 +333,15 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
             changes_hint: 0,
             broken: false,
             first_bad: None,
+        }
+    }
+
+    /// The buffers, back for the next body.
+    fn into_buffers(self) -> Buffers {
+        Buffers {
+            enc: self.enc,
+            text: self.text,
+            refbuf: self.refbuf,
         }
     }
 
@@ -1020,12 +1034,12 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
             return Err(self.err("too_long", format!("property path longer than {MAX_PATH_LEN} bytes")));
         }
         if let Some(p) = self.paths.get(self.path_hint) {
-            if p.as_bytes() == text {
+            if eq_bytes(p.as_bytes(), text) {
                 self.path_hint += 1;
                 return Ok(p.clone());
             }
         }
-        if let Some(i) = self.paths.iter().position(|p| p.as_bytes() == text) {
+        if let Some(i) = self.paths.iter().position(|p| eq_bytes(p.as_bytes(), text)) {
             self.path_hint = i + 1;
             return Ok(self.paths[i].clone());
         }
@@ -1160,12 +1174,12 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
             name: None,
             kept_keys: None,
         };
-        if *change.path == *EXTRA_CONFIG_PATH {
+        if eq_bytes(change.path.as_bytes(), EXTRA_CONFIG_PATH.as_bytes()) {
             let out = self.enc.extra_config(self.filter, self.opts.kept_keys);
             change.fp = Some(out.fp);
             change.name = Some(kube_name(out.name));
             change.kept_keys = out.kept_keys;
-        } else if *change.path == *DEVICE_PATH {
+        } else if eq_bytes(change.path.as_bytes(), DEVICE_PATH.as_bytes()) {
             change.fp = Some(self.enc.devices());
         } else if let Some(key) = keyed_extra_config_key(&change.path) {
             if key.as_bytes() == self.filter.name_key() {
@@ -1187,29 +1201,30 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
     }
 
     fn start_value_elem(&mut self, e: Elem<'a>, empty: bool) -> Result<()> {
-        let a = match self.remembered_before_declaring(e.attrs) {
-            Some(a) => a,
-            None => {
-                self.declare(e.attrs, empty)?;
-                self.attrs(e)?
+        if e.attrs.is_empty() {
+            // most tags inside values: no attributes, nothing to look up (and no `Attrs` built to be
+            // copied: its fields written one by one and read back whole stall the store buffer)
+            self.enc.start(local(e.name), b"", false);
+            return Ok(());
+        }
+        // remembered, looked up before the tag's own declarations are read: an entry's scope is the
+        // one after its tag's declarations, so a match means that they would bind nothing new (every
+        // prefix a declaration binds is in the scope it leaves); the ranges go straight to the encoder
+        if let Some(m) = self.memo.attrs(e.attrs, self.scope) {
+            let (xsi_type, nil, mo_type) = (m.xsi_type.clone(), m.nil, m.mo_type.clone());
+            self.enc.start(local(e.name), &e.attrs[xsi_type], nil);
+            if !mo_type.is_empty() {
+                self.enc.attr(b"type", &e.attrs[mo_type]);
             }
-        };
+            return Ok(());
+        }
+        self.declare(e.attrs, empty)?;
+        let a = self.attrs(e)?;
         self.enc.start(local(e.name), &a.xsi_type, a.nil);
         if !a.mo_type.is_empty() {
             self.enc.attr(b"type", &a.mo_type);
         }
         Ok(())
-    }
-
-    /// The attributes of a start tag as remembered, looked up before its own declarations are read:
-    /// an entry's scope is the one after its tag's declarations, so a match means that they would
-    /// bind nothing new (every prefix a declaration binds is in the scope it leaves).
-    #[inline]
-    fn remembered_before_declaring(&self, raw: &'a [u8]) -> Option<Attrs<'a>> {
-        if raw.is_empty() {
-            return Some(Attrs::default());
-        }
-        self.remembered(raw)
     }
 
     /// Stream a `<val>` into the encoder.
@@ -1481,9 +1496,9 @@ mod tests {
         let opts = DecodeOptions { kept_keys: true };
         let fresh: Vec<_> = bodies
             .iter()
-            .map(|b| decode_in(b, &f, opts, &mut TagMemo::new()).0)
+            .map(|b| decode_in(b, &f, opts, &mut Workspace::default()).0)
             .collect();
-        let mut memo = TagMemo::new();
+        let mut memo = Workspace::default();
         for round in 0..2 {
             for (i, b) in bodies.iter().enumerate().rev() {
                 let warm = decode_in(b, &f, opts, &mut memo).0;

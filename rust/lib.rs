@@ -13,6 +13,7 @@ pub mod index;
 pub mod scan;
 pub mod tagmemo;
 pub mod value;
+pub mod workspace;
 pub mod xml;
 
 mod py_core;

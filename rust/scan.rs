@@ -188,6 +188,33 @@ impl<'a> Scanner<'a> {
 
 /// The first offset at or after `from` whose byte can not continue an element name: ASCII
 /// whitespace, `/`, `>`, `<`, `"`, `'`, `=` or `&` (the classes of xml.rs), or `buf.len()`.
+/// `a == b` without a call into `memcmp`, for the short byte strings the decoder compares (names,
+/// a start tag's attribute bytes): two to four overlapping loads cover the whole length. Longer
+/// strings go to `memcmp`.
+#[inline]
+pub fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w16 = |s: &[u8], at: usize| u128::from_le_bytes(s[at..at + 16].try_into().unwrap());
+    let w8 = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap());
+    let w4 = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap());
+    match n {
+        33..=64 => {
+            w16(a, 0) == w16(b, 0)
+                && w16(a, 16) == w16(b, 16)
+                && w16(a, n - 32) == w16(b, n - 32)
+                && w16(a, n - 16) == w16(b, n - 16)
+        }
+        17..=32 => w16(a, 0) == w16(b, 0) && w16(a, n - 16) == w16(b, n - 16),
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        _ => a == b,
+    }
+}
+
 #[inline]
 pub fn name_end(buf: &[u8], from: usize, backend: Backend) -> usize {
     let mut i = from;
@@ -325,6 +352,24 @@ pub fn compute(buf: &[u8], base: usize, backend: Backend) -> Masks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_comparison_agrees_with_slices() {
+        let names: Vec<Vec<u8>> = (0..80)
+            .map(|n| (0..n).map(|i| b'a' + (i % 26) as u8).collect())
+            .collect();
+        for a in &names {
+            for b in &names {
+                assert_eq!(eq_bytes(a, b), a == b);
+            }
+            // one byte differs, at every position
+            for i in 0..a.len() {
+                let mut c = a.clone();
+                c[i] ^= 1;
+                assert!(!eq_bytes(a, &c), "{a:?} vs {c:?}");
+            }
+        }
+    }
 
     fn naive(buf: &[u8], from: usize, c: u8) -> Option<usize> {
         buf.iter().skip(from).position(|&b| b == c).map(|i| from + i)

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-//! What the decoder remembers of start tags, from one body to the next (one memo per thread).
+//! What the decoder remembers of start tags, from one body to the next (one memo per thread, in
+//! its workspace: workspace.rs).
 //!
 //! vSphere repeats the same few dozen start tags in every value of every VM
 //! (`xsi:type="Description"`, vcsim's `xmlns:_XMLSchema-instance="…"` on each `<val>`), in every
@@ -11,7 +12,7 @@
 //! what was remembered. Memory is bounded: [`SLOTS`] entries of at most [`MAX_BYTES`] bytes each,
 //! and at most [`MAX_PREFIXES`] numbered prefixes (when full, everything is forgotten).
 
-use std::cell::RefCell;
+use crate::scan::eq_bytes;
 use std::ops::Range;
 
 /// Entries of each kind (one per slot: a newer tag replaces an older one of the same slot).
@@ -94,7 +95,7 @@ impl TagMemo {
     #[inline]
     pub fn attrs(&self, raw: &[u8], scope: Scope) -> Option<&Attrs> {
         let e = &self.attrs[slot(raw)];
-        if e.scope == scope && e.raw == raw {
+        if e.scope == scope && eq_bytes(&e.raw, raw) {
             e.attrs.as_ref()
         } else {
             None
@@ -116,7 +117,7 @@ impl TagMemo {
     #[inline]
     pub fn decl(&self, raw: &[u8]) -> Option<Option<Range<usize>>> {
         let e = &self.decls[slot(raw)];
-        if e.raw == raw {
+        if eq_bytes(&e.raw, raw) {
             e.xsi.clone()
         } else {
             None
@@ -187,18 +188,6 @@ impl TagMemo {
     pub fn prefixes(&self) -> usize {
         self.prefixes.len()
     }
-}
-
-thread_local! {
-    static MEMO: RefCell<TagMemo> = RefCell::new(TagMemo::new());
-}
-
-/// Run `f` with this thread's memo (a fresh one if it is in use already).
-pub fn with<R>(f: impl FnOnce(&mut TagMemo) -> R) -> R {
-    MEMO.with(|m| match m.try_borrow_mut() {
-        Ok(mut memo) => f(&mut memo),
-        Err(_) => f(&mut TagMemo::new()),
-    })
 }
 
 #[cfg(test)]

@@ -51,8 +51,9 @@ struct Frame {
 
 const NO_TEXT: u32 = u32::MAX;
 
-/// Streaming encoder of one `<val>`; reused between values (no allocation in the steady state).
-#[derive(Debug)]
+/// Streaming encoder of one `<val>`; reused between values and bodies (workspace.rs: no
+/// allocation in the steady state).
+#[derive(Debug, Default)]
 pub struct ValueEncoder {
     buf: Vec<u8>,
     frames: Vec<Frame>,
@@ -67,24 +68,6 @@ pub struct ValueEncoder {
     top_text: bool,
     nil: bool,
     present: bool,
-}
-
-impl Default for ValueEncoder {
-    /// Room for a typical VM property value: no reallocation while a body's values are encoded.
-    fn default() -> Self {
-        ValueEncoder {
-            buf: Vec::with_capacity(16 * 1024),
-            frames: Vec::with_capacity(32),
-            entries: Vec::with_capacity(64),
-            top: Entry::default(),
-            scratch: Vec::new(),
-            order: Vec::new(),
-            keyed: Vec::new(),
-            top_text: false,
-            nil: false,
-            present: false,
-        }
-    }
 }
 
 /// The outcome of an extraConfig value.
@@ -112,6 +95,31 @@ fn is_ws(b: &[u8]) -> bool {
 impl ValueEncoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Give back the buffers that grew past `keep` bytes (one huge value), emptied.
+    pub fn trim(&mut self, keep: usize) {
+        fn trim_vec<T>(v: &mut Vec<T>, keep: usize) {
+            if v.capacity() * std::mem::size_of::<T>() > keep {
+                *v = Vec::new();
+            }
+        }
+        trim_vec(&mut self.buf, keep);
+        trim_vec(&mut self.frames, keep);
+        trim_vec(&mut self.entries, keep);
+        trim_vec(&mut self.scratch, keep);
+        trim_vec(&mut self.order, keep);
+        trim_vec(&mut self.keyed, keep);
+    }
+
+    /// Bytes held by the buffers.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+            + self.frames.capacity() * std::mem::size_of::<Frame>()
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.scratch.capacity()
+            + self.order.capacity() * 4
+            + self.keyed.capacity() * std::mem::size_of::<((u8, i64), u32)>()
     }
 
     /// Start a new value (the `<val>` element itself).
