@@ -345,6 +345,10 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
         }
     }
 
+    /// An error at the current token. Cold and out of line, so that the many error paths of the
+    /// loops stay out of their hot code (what a change's loops run must fit the instruction cache).
+    #[cold]
+    #[inline(never)]
     fn err(&self, kind: &'static str, msg: impl Into<String>) -> VmwatchError {
         VmwatchError::decode(kind, msg, self.last_pos)
     }
@@ -390,7 +394,7 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
     /// element. (Kept off the hot path of `next`.)
     #[cold]
     #[inline(never)]
-    fn xml_error(&mut self, e: crate::xml::XmlError) -> VmwatchError {
+    fn xml_error(&mut self, e: Box<crate::xml::XmlError>) -> VmwatchError {
         self.broken |= !e.recoverable;
         VmwatchError::decode(e.kind, e.msg, e.offset)
     }

@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn short_comparison_agrees_with_slices() {
-        let names: Vec<Vec<u8>> = (0..80)
+        let names: Vec<Vec<u8>> = (0..100)
             .map(|n| (0..n).map(|i| b'a' + (i % 26) as u8).collect())
             .collect();
         for a in &names {

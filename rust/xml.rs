@@ -48,20 +48,23 @@ pub struct XmlError {
     pub recoverable: bool,
 }
 
-fn err(kind: &'static str, msg: impl Into<String>, offset: usize) -> XmlError {
-    XmlError {
+// Errors are boxed: a `Result<Tok, _>` is then no larger than a `Tok`, and the decoder's loops
+// move tokens, not room for an error (copies of a larger result stalled the store buffer).
+#[cold]
+fn err(kind: &'static str, msg: impl Into<String>, offset: usize) -> Box<XmlError> {
+    Box::new(XmlError {
         kind,
         msg: msg.into(),
         offset: offset as u64,
         recoverable: false,
-    }
+    })
 }
 
-fn limit(kind: &'static str, msg: impl Into<String>, offset: usize) -> XmlError {
-    XmlError {
-        recoverable: true,
-        ..err(kind, msg, offset)
-    }
+#[cold]
+fn limit(kind: &'static str, msg: impl Into<String>, offset: usize) -> Box<XmlError> {
+    let mut e = err(kind, msg, offset);
+    e.recoverable = true;
+    e
 }
 
 /// Longest attribute value, in bytes. SOAP attributes are `xmlns:*` URIs, `xsi:type` and a
@@ -159,7 +162,7 @@ impl<'a> Tokenizer<'a> {
     /// loops); markup declarations, processing instructions, the end of the document and errors in
     /// [`next_other`](Self::next_other), off the hot path.
     #[inline(always)]
-    pub fn next_tok(&mut self) -> Result<Tok<'a>, XmlError> {
+    pub fn next_tok(&mut self) -> Result<Tok<'a>, Box<XmlError>> {
         let buf = self.buf;
         let start = self.pos;
         if start < buf.len() {
@@ -213,7 +216,7 @@ impl<'a> Tokenizer<'a> {
 
     #[cold]
     #[inline(never)]
-    fn next_other(&mut self) -> Result<Tok<'a>, XmlError> {
+    fn next_other(&mut self) -> Result<Tok<'a>, Box<XmlError>> {
         loop {
             let buf = self.buf;
             let start = self.pos;
@@ -299,7 +302,7 @@ impl<'a> Tokenizer<'a> {
 
     /// An end tag other than `</name>` of the innermost element (see `next_tok`).
     #[inline(never)]
-    fn end_tag(&mut self, start: usize) -> Result<Tok<'a>, XmlError> {
+    fn end_tag(&mut self, start: usize) -> Result<Tok<'a>, Box<XmlError>> {
         let buf = self.buf;
         let from = start + 2;
         let Some(i) = self.scan.find(from, |m| m.gt).map(|at| at - from) else {
@@ -334,7 +337,7 @@ impl<'a> Tokenizer<'a> {
     }
 
     #[inline(never)]
-    fn start_tag(&mut self, start: usize) -> Result<Tok<'a>, XmlError> {
+    fn start_tag(&mut self, start: usize) -> Result<Tok<'a>, Box<XmlError>> {
         let buf = self.buf;
         let from = start + 1;
         // name: up to whitespace, '/' or '>'
@@ -347,7 +350,7 @@ impl<'a> Tokenizer<'a> {
             return Err(err("xml_syntax", "element without a name", start));
         }
         // a broken limit is reported once the whole tag is read, so that the tokenizer can go on
-        let mut broken: Option<XmlError> = None;
+        let mut broken: Option<Box<XmlError>> = None;
         if name.len() > MAX_NAME_LEN {
             broken = Some(limit(
                 "too_long",
@@ -539,7 +542,7 @@ pub fn unescape_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), (usize, &'stat
 mod tests {
     use super::*;
 
-    fn toks(s: &str) -> Result<Vec<Tok<'_>>, XmlError> {
+    fn toks(s: &str) -> Result<Vec<Tok<'_>>, Box<XmlError>> {
         let mut t = Tokenizer::new(s.as_bytes(), 64);
         let mut out = Vec::new();
         loop {
@@ -704,7 +707,7 @@ mod tests {
     }
 
     /// Every token and error (or the end) of `doc`, with the offset after each.
-    fn stream(doc: &[u8], backend: Backend, depth: usize) -> Vec<(Result<Tok<'_>, XmlError>, usize)> {
+    fn stream(doc: &[u8], backend: Backend, depth: usize) -> Vec<(Result<Tok<'_>, Box<XmlError>>, usize)> {
         let mut t = Tokenizer::with_backend(doc, depth, backend);
         let mut out = Vec::new();
         for _ in 0..doc.len() + 2 {
