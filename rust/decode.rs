@@ -245,9 +245,24 @@ fn local(name: &[u8]) -> &[u8] {
     }
 }
 
-/// The first `:`. Names are short: a plain loop beats a call into `memchr` for them.
+/// The first `:`. Names are short: up to 16 bytes, two overlapping words are searched at once
+/// (the lowest byte a zero-byte test flags is exact); longer ones with a plain loop, which beats
+/// a call into `memchr` for them.
 #[inline]
 fn memchr_colon(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // the index of the first `:` byte of a little-endian word, if any
+    let colon = |w: u64| {
+        let x = w ^ (ONES * u64::from(b':'));
+        let m = x.wrapping_sub(ONES) & !x & HIGHS;
+        (m != 0).then(|| (m.trailing_zeros() / 8) as usize)
+    };
+    let n = b.len();
+    if (8..=16).contains(&n) {
+        let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        return colon(word(0)).or_else(|| colon(word(n - 8)).map(|i| n - 8 + i));
+    }
     b.iter().position(|&c| c == b':')
 }
 
@@ -1295,6 +1310,30 @@ pub fn decode_error_info(e: &VmwatchError) -> Option<&DecodeErrorInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_colon_is_found_in_names_of_any_length() {
+        for n in 0..40 {
+            let plain: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            assert_eq!(memchr_colon(&plain), None, "{n}");
+            for at in 0..n {
+                let mut one = plain.clone();
+                one[at] = b':';
+                assert_eq!(memchr_colon(&one), Some(at), "{n} {at}");
+                // a later colon (and bytes next to ':' in value) do not move the first
+                for later in at + 1..n {
+                    let mut two = one.clone();
+                    two[later] = b':';
+                    assert_eq!(memchr_colon(&two), Some(at), "{n} {at} {later}");
+                }
+            }
+            let mut near: Vec<u8> = plain.clone();
+            for c in near.iter_mut() {
+                *c = if *c % 2 == 0 { b';' } else { b'9' }; // 0x3B and 0x39 around ':' (0x3A)
+            }
+            assert_eq!(memchr_colon(&near), None, "{n} near");
+        }
+    }
     use crate::filter::DEFAULT_NAME_KEY;
 
     const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
