@@ -16,7 +16,10 @@ and writes medians, MB/s and ratios to benches/results/decode-<date>.json.
 
 With `--baseline-python PY` (the interpreter of another build's venv, e.g. main's), that build's
 `Decider.decide` runs in a child process on the same CPU, interleaved run by run with this build's,
-and each payload gets the ratio of this build's speed to the baseline's. Each vmwatch run is timed
+and each payload gets the ratio of this build's speed to the baseline's. This build's `decide` then
+runs in a child process of its own too, started the same way: both builds are timed under the same
+conditions (this process also parses every payload with pyVmomi, whose garbage would otherwise
+leave only this build's heap fragmented after the large payloads). Each vmwatch run is timed
 twice: wall seconds (`perf_counter`) and the thread's CPU seconds (`thread_time`, which other
 processes on a shared machine disturb far less); both medians and both ratios are reported.
 
@@ -151,8 +154,8 @@ def time_decide(body: bytes) -> tuple[float, float]:
     return time.perf_counter() - t0, time.thread_time() - c0
 
 
-class Baseline:
-    """Another build's `Decider.decide`, timed in a child process (`--serve` mode of this script)."""
+class DecideServer:
+    """A build's `Decider.decide`, timed in a child process (`--serve` mode of this script)."""
 
     def __init__(self, python: str, cpu: int | None) -> None:
         cmd = [python, str(Path(__file__).resolve()), '--serve']
@@ -177,7 +180,7 @@ class Baseline:
 
 
 def serve() -> int:
-    """Child side of `Baseline`: one JSON request per line on stdin, one JSON answer per line."""
+    """Child side of `DecideServer`: one JSON request per line on stdin, one JSON answer per line."""
     bodies: dict[str, bytes] = {}
     for line in sys.stdin:
         req = json.loads(line)
@@ -203,16 +206,23 @@ def med(samples: list[float]) -> float:
     return statistics.median(samples)
 
 
-def bench_one(path: Path, body: bytes, quick: bool, baseline: Baseline | None = None) -> dict[str, Any]:
+def bench_one(
+    path: Path,
+    body: bytes,
+    quick: bool,
+    baseline: DecideServer | None = None,
+    this: DecideServer | None = None,
+) -> dict[str, Any]:
     mb = len(body) / 1e6
     result = new_decider().decide(body)
     assert isinstance(result, _vmwatch.Batch), result
     # the same objects as pyVmomi sees (correctness once, before timing)
     us = SoapAdapter.SoapResponseDeserializer(None).Deserialize(body, UPDATE_SET)
     assert sum(len(fs.objectSet) for fs in us.filterSet) == result.objects
-    if baseline is not None:
-        b = baseline.call({'op': 'load', 'path': str(path)})
-        assert (b['objects'], b['changes']) == (result.objects, result.changes), (path, b)
+    for server in (baseline, this):
+        if server is not None:
+            b = server.call({'op': 'load', 'path': str(path)})
+            assert (b['objects'], b['changes']) == (result.objects, result.changes), (path, b)
 
     # vmwatch, expat (and the baseline) take turns run by run, so load changes on a shared machine
     # hit them alike
@@ -228,7 +238,7 @@ def bench_one(path: Path, body: bytes, quick: bool, baseline: Baseline | None = 
         for i in range(7 if quick else 31):
             for which in order[i % len(order) :] + order[: i % len(order)]:
                 if which == 'vm':
-                    w, c = time_decide(body)
+                    w, c = this.call({'op': 'time', 'path': str(path)}) if this is not None else time_decide(body)
                     vm_wall.append(w)
                     vm_cpu.append(c)
                 elif which == 'base':
@@ -297,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.serve:
         return serve()
     cpu = pin_one_cpu()
-    baseline = Baseline(a.baseline_python, cpu) if a.baseline_python else None
+    baseline = DecideServer(a.baseline_python, cpu) if a.baseline_python else None
+    this = DecideServer(sys.executable, cpu) if baseline is not None else None
     rows = []
     files = [p for p in payloads() if a.only is None or a.only in p.name]
     if not files:
@@ -307,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         go = run_go(exe, files, 3 if a.quick else 10, cpu) if exe else {}
     for path in files:
         body = load(path)
-        row = bench_one(path, body, a.quick, baseline)
+        row = bench_one(path, body, a.quick, baseline, this)
         g = go.get(str(path))
         if g:
             assert g['objects'] == row['objects'], (path, g['objects'], row['objects'])
@@ -337,12 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         'machine': {**machine(), 'pinned_cpu': cpu},
         'versions': versions(),
         'targets': TARGETS,
-        'method': 'median seconds per run on the same bytes; vmwatch = decode + decide with a fresh Decider',
+        'method': 'median seconds per run on the same bytes; vmwatch = decode + decide with a fresh Decider'
+        + ('; this build and the baseline each in a child process, interleaved' if this is not None else ''),
         **({'baseline': {**baseline.info, 'python': a.baseline_python}} if baseline is not None else {}),
         'payloads': rows,
     }
-    if baseline is not None:
-        baseline.close()
+    for server in (baseline, this):
+        if server is not None:
+            server.close()
     a.out.mkdir(parents=True, exist_ok=True)
     out = a.out / f'decode-{dt.date.today().isoformat()}.json'
     out.write_text(json.dumps(report, indent=2) + '\n')
