@@ -397,7 +397,7 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
         self.last_pos = self.tok.pos() as u64;
         let t = match self.tok.next_tok() {
             Ok(t) => t,
-            Err(e) => return Err(self.xml_error(e)),
+            Err(e) => return Err(self.xml_error(*e)),
         };
         if let Tok::End { .. } = t {
             self.pop_xmlns(self.depth() + 1);
@@ -409,7 +409,7 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
     /// element. (Kept off the hot path of `next`.)
     #[cold]
     #[inline(never)]
-    fn xml_error(&mut self, e: Box<crate::xml::XmlError>) -> VmwatchError {
+    fn xml_error(&mut self, e: crate::xml::XmlError) -> VmwatchError {
         self.broken |= !e.recoverable;
         VmwatchError::decode(e.kind, e.msg, e.offset)
     }
