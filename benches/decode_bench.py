@@ -233,6 +233,17 @@ def med(samples: list[float]) -> float:
     return statistics.median(samples)
 
 
+def sample(server: DecideServer | None, path: Path, body: bytes, reps: int) -> tuple[tuple[float, float], float]:
+    """One single call (wall and CPU seconds) and the wall seconds per call of a burst (the single
+    call itself when `reps` is 1), in `server`'s process or in this one."""
+    req = {'op': 'time', 'path': str(path)}
+    single = tuple(server.call(req)) if server is not None else time_decide(body)
+    if reps == 1:
+        return single, single[0]
+    burst = server.call({**req, 'reps': reps}) if server is not None else time_burst(body, reps)
+    return single, burst[0]
+
+
 def bench_one(
     path: Path,
     body: bytes,
@@ -269,21 +280,16 @@ def bench_one(
         for i in range(7 if quick else 31):
             for which in order[i % len(order) :] + order[: i % len(order)]:
                 if which == 'vm':
-                    w, c = this.call({'op': 'time', 'path': str(path)}) if this is not None else time_decide(body)
+                    (w, c), burst = sample(this, path, body, reps)
                     vm_wall.append(w)
                     vm_cpu.append(c)
-                    if reps > 1:
-                        req = {'op': 'time', 'path': str(path), 'reps': reps}
-                        w, c = this.call(req) if this is not None else time_burst(body, reps)
-                    vm_burst.append(w)
+                    vm_burst.append(burst)
                 elif which == 'base':
                     assert baseline is not None
-                    w, c = baseline.call({'op': 'time', 'path': str(path)})
+                    (w, c), burst = sample(baseline, path, body, reps)
                     base_wall.append(w)
                     base_cpu.append(c)
-                    if reps > 1:
-                        w, c = baseline.call({'op': 'time', 'path': str(path), 'reps': reps})
-                    base_burst.append(w)
+                    base_burst.append(burst)
                 else:
                     p = expat.ParserCreate()
                     t0 = time.perf_counter()

@@ -1223,7 +1223,7 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
         if e.attrs.is_empty() {
             // most tags inside values: no attributes, nothing to look up (and no `Attrs` built to be
             // copied: its fields written one by one and read back whole stall the store buffer)
-            self.enc.start(local(e.name), b"", false);
+            self.encode_start(e.name, b"", false, b"");
             return Ok(());
         }
         // remembered, looked up before the tag's own declarations are read: an entry's scope is the
@@ -1231,19 +1231,22 @@ impl<'a, 'f, 'm> Parser<'a, 'f, 'm> {
         // prefix a declaration binds is in the scope it leaves); the ranges go straight to the encoder
         if let Some(m) = self.memo.attrs(e.attrs, self.scope) {
             let (xsi_type, nil, mo_type) = (m.xsi_type.clone(), m.nil, m.mo_type.clone());
-            self.enc.start(local(e.name), &e.attrs[xsi_type], nil);
-            if !mo_type.is_empty() {
-                self.enc.attr(b"type", &e.attrs[mo_type]);
-            }
+            self.encode_start(e.name, &e.attrs[xsi_type], nil, &e.attrs[mo_type]);
             return Ok(());
         }
         self.declare(e.attrs, empty)?;
         let a = self.attrs(e)?;
-        self.enc.start(local(e.name), &a.xsi_type, a.nil);
-        if !a.mo_type.is_empty() {
-            self.enc.attr(b"type", &a.mo_type);
-        }
+        self.encode_start(e.name, &a.xsi_type, a.nil, &a.mo_type);
         Ok(())
+    }
+
+    /// An element inside a value starts: its local name, `xsi:type` and MoRef `type` to the encoder.
+    #[inline(always)]
+    fn encode_start(&mut self, name: &[u8], xsi_type: &[u8], nil: bool, mo_type: &[u8]) {
+        self.enc.start(local(name), xsi_type, nil);
+        if !mo_type.is_empty() {
+            self.enc.attr(b"type", mo_type);
+        }
     }
 
     /// Stream a `<val>` into the encoder.

@@ -11,6 +11,7 @@
 //! nil value has its own fingerprint, [`NULL_FP`].
 
 use crate::filter::{parse_namespaced_name, Filter};
+use crate::workspace::give_back;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Fingerprint of "no value" (op `remove`/`indirectRemove`, `xsi:nil`, or no `<val>`).
@@ -99,20 +100,16 @@ impl ValueEncoder {
 
     /// Give back the buffers that grew past `keep` bytes (one huge value), emptied.
     pub fn trim(&mut self, keep: usize) {
-        fn trim_vec<T>(v: &mut Vec<T>, keep: usize) {
-            if v.capacity() * std::mem::size_of::<T>() > keep {
-                *v = Vec::new();
-            }
-        }
-        trim_vec(&mut self.buf, keep);
-        trim_vec(&mut self.frames, keep);
-        trim_vec(&mut self.entries, keep);
-        trim_vec(&mut self.scratch, keep);
-        trim_vec(&mut self.order, keep);
-        trim_vec(&mut self.keyed, keep);
+        give_back(&mut self.buf, keep);
+        give_back(&mut self.frames, keep);
+        give_back(&mut self.entries, keep);
+        give_back(&mut self.scratch, keep);
+        give_back(&mut self.order, keep);
+        give_back(&mut self.keyed, keep);
     }
 
-    /// Bytes held by the buffers.
+    /// Bytes held by the buffers (workspace tests).
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
             + self.frames.capacity() * std::mem::size_of::<Frame>()

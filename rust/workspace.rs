@@ -22,19 +22,24 @@ pub struct Buffers {
     pub refbuf: Vec<u8>,
 }
 
+/// Give `v` back (empty, no capacity) when it holds more than `keep` bytes.
+pub fn give_back<T>(v: &mut Vec<T>, keep: usize) {
+    if v.capacity() * std::mem::size_of::<T>() > keep {
+        *v = Vec::new();
+    }
+}
+
 impl Buffers {
     /// Give back what grew past `keep` bytes.
     pub fn trim(&mut self, keep: usize) {
         self.enc.trim(keep);
-        for v in [&mut self.text, &mut self.refbuf] {
-            if v.capacity() > keep {
-                *v = Vec::new();
-            }
-        }
+        give_back(&mut self.text, keep);
+        give_back(&mut self.refbuf, keep);
     }
 
-    /// Bytes held (tests).
-    pub fn capacity(&self) -> usize {
+    /// Bytes held.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
         self.enc.capacity() + self.text.capacity() + self.refbuf.capacity()
     }
 }
